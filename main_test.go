@@ -1,0 +1,996 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/net/websocket"
+)
+
+// readTimeout bounds every read in these tests, so a bug fails fast instead of hanging.
+const readTimeout = 5 * time.Second
+
+// setupTest starts a Server with opts and events under httptest and returns
+// it with its ws:// base URL. Both are closed when the test ends.
+func setupTest(t *testing.T, opts Options, events Events) (*Server, string) {
+	t.Helper()
+	srv := New(opts)
+	srv.Events = events
+	ts := httptest.NewServer(srv)
+	ts.Config.ErrorLog = nil
+	t.Cleanup(func() {
+		srv.Close(nil)
+		ts.Close()
+	})
+	return srv, "ws" + strings.TrimPrefix(ts.URL, "http")
+}
+
+// msg is any server message, decoded.
+type msg struct {
+	Type   string          `json:"type"`
+	ID     string          `json:"id"`
+	Peers  []string        `json:"peers"`
+	PeerID string          `json:"peerId"`
+	Signal json.RawMessage `json:"signal"`
+	Error  string          `json:"error"`
+	raw    string
+}
+
+type client struct {
+	t     *testing.T
+	conn  *websocket.Conn
+	id    string   // from the first peers message
+	peers []string // from the first peers message
+}
+
+// dial connects a client to base+path and reads its first message, which must be peers.
+func dial(t *testing.T, base, path string) *client {
+	t.Helper()
+	conn, err := websocket.Dial(base+path, "", "http://localhost/")
+	if err != nil {
+		t.Fatalf("dial %s: %v", path, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := &client{t: t, conn: conn}
+	m := c.read()
+	if m.Type != "peers" || m.ID == "" || m.Peers == nil {
+		t.Fatalf("first message = %s; want peers with id and a list", m.raw)
+	}
+	c.id, c.peers = m.ID, m.Peers
+	return c
+}
+
+func (c *client) send(text string) {
+	c.t.Helper()
+	if err := websocket.Message.Send(c.conn, text); err != nil {
+		c.t.Fatalf("send %s: %v", text, err)
+	}
+}
+
+func (c *client) read() msg {
+	c.t.Helper()
+	c.conn.SetReadDeadline(time.Now().Add(readTimeout))
+	var text string
+	if err := websocket.Message.Receive(c.conn, &text); err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	var m msg
+	if err := json.Unmarshal([]byte(text), &m); err != nil {
+		c.t.Fatalf("read %q: %v", text, err)
+	}
+	m.raw = text
+	if len(text) > 300 { // keep failure messages readable
+		m.raw = text[:300] + "…"
+	}
+	return m
+}
+
+// expect reads one message and fails unless its type is typ.
+func (c *client) expect(typ string) msg {
+	c.t.Helper()
+	m := c.read()
+	if m.Type != typ {
+		c.t.Fatalf("got %s; want a %s message", m.raw, typ)
+	}
+	return m
+}
+
+// quiet checks that nothing is waiting for c: the reply to a ping comes next.
+func (c *client) quiet() {
+	c.t.Helper()
+	c.send(`{"type":"ping"}`)
+	c.expect("pong")
+}
+
+// recorder collects Events as lines such as "connection ID".
+type recorder chan string
+
+func (r recorder) events() Events {
+	return Events{
+		Connection: func(p *Peer) { r <- "connection " + p.ID },
+		Message:    func(p *Peer, m []byte) { r <- "message " + p.ID + " " + string(m) },
+		Offer:      func(p *Peer, s json.RawMessage) { r <- "offer " + p.ID + " " + string(s) },
+		Answer:     func(p *Peer, from string, s json.RawMessage) { r <- "answer " + p.ID + " " + from + " " + string(s) },
+		Announce:   func(p *Peer) { r <- "announce " + p.ID },
+		Peers:      func(p *Peer, ids []string) { r <- fmt.Sprintf("peers %s %d", p.ID, len(ids)) },
+		Remove:     func(id string) { r <- "remove " + id },
+		Error:      func(err error, p *Peer) { r <- "error " + p.ID + " " + err.Error() },
+	}
+}
+
+// next returns the next event line that starts with one of prefixes, skipping others.
+func (r recorder) next(t *testing.T, prefixes ...string) string {
+	t.Helper()
+	timeout := time.After(readTimeout)
+	for {
+		select {
+		case e := <-r:
+			for _, p := range prefixes {
+				if strings.HasPrefix(e, p) {
+					return e
+				}
+			}
+		case <-timeout:
+			t.Fatalf("no event starting with %q within %v", prefixes, readTimeout)
+		}
+	}
+}
+
+func TestFirstMessageIsPeers(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	conn, err := websocket.Dial(base+"/room", "", "http://localhost/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(readTimeout))
+	var text string
+	if err := websocket.Message.Receive(conn, &text); err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	json.Unmarshal([]byte(text), &m)
+	id, _ := m["id"].(string)
+	if m["type"] != "peers" || len(id) != 26 || !strings.Contains(text, `"peers":[]`) || len(m) != 3 {
+		t.Errorf("first message = %s; want {\"type\":\"peers\",\"id\":<26 chars>,\"peers\":[]}", text)
+	}
+}
+
+func TestIDsAreUnique(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	seen := map[string]bool{}
+	for range 20 {
+		c := dial(t, base, "/")
+		if seen[c.id] {
+			t.Fatalf("id %s given twice", c.id)
+		}
+		seen[c.id] = true
+		c.conn.Close()
+	}
+}
+
+func TestAnnounce(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	a := dial(t, base, "/r")
+	b := dial(t, base, "/r")
+	if !slices.Equal(b.peers, []string{a.id}) {
+		t.Errorf("b's peers = %v; want [%s]", b.peers, a.id)
+	}
+	if m := a.expect("announce"); m.PeerID != b.id || m.raw != `{"type":"announce","peerId":"`+b.id+`"}` {
+		t.Errorf("a got %s; want announce of %s", m.raw, b.id)
+	}
+	b.quiet() // b is not announced to itself, nor a to b
+}
+
+func TestPeersRequest(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	a := dial(t, base, "/r")
+	b := dial(t, base, "/r")
+	c := dial(t, base, "/r")
+	a.expect("announce")
+	a.expect("announce")
+	a.send(`{"type":"peers"}`)
+	m := a.expect("peers")
+	slices.Sort(m.Peers)
+	want := []string{b.id, c.id}
+	slices.Sort(want)
+	if m.ID != a.id || !slices.Equal(m.Peers, want) {
+		t.Errorf("peers reply = %s; want id %s, peers %v", m.raw, a.id, want)
+	}
+}
+
+func TestPing(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	a := dial(t, base, "/")
+	a.send(`{"type":"ping"}`)
+	if m := a.expect("pong"); m.raw != `{"type":"pong"}` {
+		t.Errorf("got %s; want {\"type\":\"pong\"}", m.raw)
+	}
+}
+
+// signal has characters json.Marshal would escape and spacing it would drop:
+// the server must pass it on byte for byte.
+const sdp = `{ "type": "offer", "sdp": "v=0\r\n<a> & <b>" , "n": [1, 2.50] }`
+
+func TestOfferToRoom(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	a := dial(t, base, "/r")
+	b := dial(t, base, "/r")
+	c := dial(t, base, "/r")
+	b.expect("announce")
+	a.send(`{"type":"offer","signal":` + sdp + `}`)
+	want := `{"type":"offer","peerId":"` + a.id + `","signal":` + sdp + `}`
+	for _, x := range []*client{b, c} {
+		if m := x.read(); m.raw != want {
+			t.Errorf("got %s; want %s", m.raw, want)
+		}
+	}
+	a.expect("announce")
+	a.expect("announce")
+	a.quiet() // the sender does not get its own offer
+}
+
+func TestOfferToOnePeer(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	a := dial(t, base, "/r")
+	b := dial(t, base, "/r")
+	c := dial(t, base, "/r")
+	b.expect("announce")
+	c.send(`{"type":"offer","peerId":"` + a.id + `","signal":"sdp"}`)
+	a.expect("announce")
+	a.expect("announce")
+	if m := a.read(); m.raw != `{"type":"offer","peerId":"`+c.id+`","signal":"sdp"}` {
+		t.Errorf("a got %s; want c's offer", m.raw)
+	}
+	b.quiet()
+}
+
+func TestAnswer(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	a := dial(t, base, "/r")
+	b := dial(t, base, "/r")
+	b.send(`{"type":"answer","peerId":"` + a.id + `","signal":` + sdp + `}`)
+	a.expect("announce")
+	want := `{"type":"answer","peerId":"` + b.id + `","signal":` + sdp + `}`
+	if m := a.read(); m.raw != want {
+		t.Errorf("got %s; want %s", m.raw, want)
+	}
+}
+
+func TestCandidate(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	a := dial(t, base, "/r")
+	b := dial(t, base, "/r")
+	a.expect("announce")
+	cand := `{"candidate":"candidate:1 1 udp 2122260223 127.0.0.1 54321 typ host","sdpMid":"0","sdpMLineIndex":0}`
+	a.send(`{"type":"candidate","peerId":"` + b.id + `","signal":` + cand + `}`)
+	want := `{"type":"candidate","peerId":"` + a.id + `","signal":` + cand + `}`
+	if m := b.read(); m.raw != want {
+		t.Errorf("got %s; want %s", m.raw, want)
+	}
+}
+
+// TestSenderCannotBeForged: whatever a client writes, the relayed message
+// names the real sender and carries only type, peerId and signal.
+func TestSenderCannotBeForged(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	a := dial(t, base, "/r")
+	b := dial(t, base, "/r")
+	a.expect("announce")
+	b.send(`{"type":"offer","peerId":"` + a.id + `","from":"X","id":"X","signal":1,"extra":{"peerId":"X"}}`)
+	if m := a.read(); m.raw != `{"type":"offer","peerId":"`+b.id+`","signal":1}` {
+		t.Errorf("a got %s; want only type, b's id and the signal", m.raw)
+	}
+}
+
+func TestRemove(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	a := dial(t, base, "/r")
+	b := dial(t, base, "/r")
+	a.expect("announce")
+	b.conn.Close()
+	if m := a.expect("remove"); m.raw != `{"type":"remove","peerId":"`+b.id+`"}` {
+		t.Errorf("a got %s; want remove of %s", m.raw, b.id)
+	}
+	a.send(`{"type":"candidate","peerId":"` + b.id + `","signal":{}}`)
+	a.expect("error") // b is gone
+}
+
+func TestEmptyRoomLeavesNothing(t *testing.T) {
+	events := make(recorder, 100)
+	srv, base := setupTest(t, Options{}, events.events())
+	for _, path := range []string{"/x", "/y", "/x"} {
+		c := dial(t, base, path)
+		c.conn.Close()
+		events.next(t, "remove")
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if len(srv.rooms) != 0 || srv.count != 0 {
+		t.Errorf("after everyone left: rooms = %v, count = %d; want none", srv.rooms, srv.count)
+	}
+}
+
+func TestRoomsAreApart(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	paths := []string{"/a", "/a/", "/b", "/", "//a", "/a%2Fb"}
+	clients := make([]*client, len(paths))
+	for i, path := range paths {
+		clients[i] = dial(t, base, path)
+		if len(clients[i].peers) != 0 {
+			t.Errorf("%q: peers = %v; want [] (a room of its own)", path, clients[i].peers)
+		}
+	}
+	a, b := clients[0], clients[2]
+	a.send(`{"type":"offer","signal":1}`)
+	a.send(`{"type":"offer","peerId":"` + b.id + `","signal":1}`)
+	if m := a.expect("error"); !strings.Contains(m.Error, b.id) {
+		t.Errorf("error = %q; want it to name %s", m.Error, b.id)
+	}
+	for _, c := range clients {
+		c.quiet()
+	}
+}
+
+func TestQueryStringIsIgnored(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	a := dial(t, base, "/r?x=1")
+	b := dial(t, base, "/r?y=2")
+	if !slices.Equal(b.peers, []string{a.id}) {
+		t.Errorf("peers = %v; want [%s]: the query string must not split a room", b.peers, a.id)
+	}
+}
+
+func TestSimultaneousJoins(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	for i := range 20 {
+		room := fmt.Sprintf("/race%d", i)
+		var wg sync.WaitGroup
+		var a, b *client
+		wg.Go(func() { a = dial(t, base, room) })
+		wg.Go(func() { b = dial(t, base, room) })
+		wg.Wait()
+		if t.Failed() {
+			return
+		}
+		first, second := a, b
+		if len(a.peers) == 1 {
+			first, second = b, a
+		}
+		if len(first.peers) != 0 || !slices.Equal(second.peers, []string{first.id}) {
+			t.Fatalf("peers lists %v and %v; want exactly one to name the other", a.peers, b.peers)
+		}
+		if m := first.expect("announce"); m.PeerID != second.id {
+			t.Errorf("announce of %s; want %s", m.PeerID, second.id)
+		}
+		second.quiet()
+	}
+}
+
+// TestBadInput sends each kind of bad message: each gets an error reply,
+// nothing reaches anyone else, and the connection stays usable.
+func TestBadInput(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	a := dial(t, base, "/r")
+	b := dial(t, base, "/r")
+	other := dial(t, base, "/elsewhere")
+	a.expect("announce")
+	tests := []struct{ name, text string }{
+		{"not JSON", `{"type":"ping"`},
+		{"empty", ``},
+		{"invalid UTF-8 in a string", "{\"type\":\"offer\",\"signal\":\"\xff\"}"},
+		{"invalid UTF-8 outside strings", "{\"type\":\"ping\"}\xff"},
+		{"null", `null`},
+		{"array", `[{"type":"ping"}]`},
+		{"string", `"ping"`},
+		{"number", `1`},
+		{"no type", `{"signal":1}`},
+		{"type not a string", `{"type":1}`},
+		{"type null", `{"type":null}`},
+		{"unknown type", `{"type":"hello"}`},
+		{"server-only type announce", `{"type":"announce","peerId":"` + b.id + `"}`},
+		{"server-only type pong", `{"type":"pong"}`},
+		{"server-only type error", `{"type":"error","error":"x"}`},
+		{"server-only type remove", `{"type":"remove","peerId":"` + b.id + `"}`},
+		{"type in another case", `{"type":"PING"}`},
+		{"key in another case", `{"Type":"ping"}`},
+		{"offer without signal", `{"type":"offer"}`},
+		{"offer with null signal", `{"type":"offer","signal":null}`},
+		{"answer without signal", `{"type":"answer","peerId":"` + b.id + `"}`},
+		{"candidate with null signal", `{"type":"candidate","peerId":"` + b.id + `","signal":null}`},
+		{"answer without peerId", `{"type":"answer","signal":1}`},
+		{"candidate without peerId", `{"type":"candidate","signal":1}`},
+		{"peerId a number", `{"type":"offer","peerId":1,"signal":1}`},
+		{"peerId null", `{"type":"offer","peerId":null,"signal":1}`},
+		{"peerId empty", `{"type":"answer","peerId":"","signal":1}`},
+		{"peerId unknown", `{"type":"answer","peerId":"NOSUCHPEER","signal":1}`},
+		{"peerId in another room", `{"type":"offer","peerId":"` + other.id + `","signal":1}`},
+		{"peerId the sender", `{"type":"candidate","peerId":"` + a.id + `","signal":1}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a.t, b.t, other.t = t, t, t
+			a.send(tt.text)
+			m := a.expect("error")
+			if m.Error == "" || !utf8.ValidString(m.raw) {
+				t.Errorf("error reply %q; want a reason in words", m.raw)
+			}
+			a.quiet()
+			b.quiet()
+			other.quiet()
+		})
+	}
+	t.Run("binary frame", func(t *testing.T) {
+		a.t, b.t = t, t
+		if err := websocket.Message.Send(a.conn, []byte(`{"type":"ping"}`)); err != nil {
+			t.Fatal(err)
+		}
+		a.expect("error")
+		a.quiet()
+		b.quiet()
+	})
+	t.Run("fragmented frame", func(t *testing.T) {
+		r := dialRaw(t, base+"/r", nil)
+		r.readFrame()                                   // peers
+		r.writeFrame(false, 0x1, []byte(`{"type":"pi`)) // text, not final
+		r.writeFrame(true, 0x0, []byte(`ng"}`))         // continuation
+		for i := range 2 {
+			if op, data := r.readFrame(); op != 0x1 || !strings.Contains(string(data), `"type":"error"`) {
+				t.Errorf("reply %d to a fragment = %d %s; want an error", i, op, data)
+			}
+		}
+		r.writeFrame(true, 0x1, []byte(`{"type":"ping"}`))
+		if _, data := r.readFrame(); string(data) != `{"type":"pong"}` {
+			t.Errorf("after fragments: %s; want pong", data)
+		}
+	})
+}
+
+func TestOrigins(t *testing.T) {
+	_, base := setupTest(t, Options{Origins: []string{"https://good.example"}}, Events{})
+	for _, tt := range []struct {
+		origin string
+		want   int
+	}{
+		{"https://good.example", http.StatusSwitchingProtocols},
+		{"https://evil.example", http.StatusForbidden},
+		{"null", http.StatusForbidden},
+		{"", http.StatusSwitchingProtocols}, // not a browser
+	} {
+		header := http.Header{}
+		if tt.origin != "" {
+			header.Set("Origin", tt.origin)
+		}
+		if got := dialRaw(t, base+"/", header).status; got != tt.want {
+			t.Errorf("origin %q: status %d; want %d", tt.origin, got, tt.want)
+		}
+	}
+}
+
+func TestAnyOriginByDefault(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	for _, origin := range []string{"https://any.example", "null", ""} {
+		header := http.Header{}
+		if origin != "" {
+			header.Set("Origin", origin)
+		}
+		if got := dialRaw(t, base+"/", header).status; got != http.StatusSwitchingProtocols {
+			t.Errorf("origin %q: status %d; want 101", origin, got)
+		}
+	}
+}
+
+func TestPlainHTTPGets426(t *testing.T) {
+	srv := New(Options{})
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+	resp, err := http.Get(ts.URL + "/room")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUpgradeRequired || !strings.Contains(string(body), "WebSocket") {
+		t.Errorf("plain GET: %d %q; want 426 with a hint", resp.StatusCode, body)
+	}
+	srv.Close(nil)
+	resp, err = http.Get(ts.URL + "/room")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("after Close: %d; want 503", resp.StatusCode)
+	}
+}
+
+func TestMaxPeers(t *testing.T) {
+	events := make(recorder, 100)
+	_, base := setupTest(t, Options{MaxPeers: 2}, events.events())
+	a := dial(t, base, "/a")
+	dial(t, base, "/b")
+	conn, err := websocket.Dial(base+"/a", "", "http://localhost/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(readTimeout))
+	var text string
+	if err := websocket.Message.Receive(conn, &text); err != nil || text != `{"type":"error","error":"server full"}` {
+		t.Errorf("third peer got %q, %v; want the server full error", text, err)
+	}
+	if err := websocket.Message.Receive(conn, &text); err != io.EOF {
+		t.Errorf("after server full: %q, %v; want the connection closed", text, err)
+	}
+	a.quiet() // a was not told of it
+	a.conn.Close()
+	events.next(t, "remove")
+	dial(t, base, "/c") // room again
+}
+
+func TestMaxMessageBytes(t *testing.T) {
+	_, base := setupTest(t, Options{MaxMessageBytes: 1000}, Events{})
+	a := dial(t, base, "/r")
+	b := dial(t, base, "/r")
+	a.expect("announce")
+	fits := `{"type":"offer","signal":"` + strings.Repeat("x", 1000-len(`{"type":"offer","signal":""}`)) + `"}`
+	a.send(fits)
+	b.expect("offer")
+	a.send(`{"type":"offer","signal":"` + strings.Repeat("x", 1000) + `"}`)
+	if m := a.expect("error"); !strings.Contains(m.Error, "1000") {
+		t.Errorf("error %q; want it to say the limit", m.Error)
+	}
+	a.conn.SetReadDeadline(time.Now().Add(readTimeout))
+	var text string
+	if err := websocket.Message.Receive(a.conn, &text); err == nil {
+		t.Errorf("after too large a frame: got %q; want the connection closed", text)
+	}
+	if m := b.expect("remove"); m.PeerID != a.id {
+		t.Errorf("remove of %s; want %s", m.PeerID, a.id)
+	}
+}
+
+func TestEventsOfOnePeer(t *testing.T) {
+	events := make(recorder, 100)
+	_, base := setupTest(t, Options{}, events.events())
+	a := dial(t, base, "/r")
+	want := []string{"connection " + a.id, "peers " + a.id + " 0", "announce " + a.id}
+	for _, w := range want {
+		if got := <-events; got != w {
+			t.Fatalf("event %q; want %q", got, w)
+		}
+	}
+	a.send(`{"type":"ping"}`)
+	a.expect("pong")
+	if got, want := events.next(t, "message"), "message "+a.id+` {"type":"ping"}`; got != want {
+		t.Errorf("event %q; want %q", got, want)
+	}
+	a.send(`not json`)
+	a.expect("error")
+	if got, want := events.next(t, "message"), "message "+a.id+" not json"; got != want {
+		t.Errorf("event %q; want %q (bad messages included)", got, want)
+	}
+	a.conn.Close()
+	if got, want := events.next(t, "remove", "error"), "remove "+a.id; got != want {
+		t.Errorf("event %q; want %q and no error for a normal close", got, want)
+	}
+}
+
+func TestEventOffer(t *testing.T) {
+	events := make(recorder, 100)
+	_, base := setupTest(t, Options{}, events.events())
+	a := dial(t, base, "/r")
+	b := dial(t, base, "/r")
+	a.send(`{"type":"offer","signal":{"sdp":1}}`)
+	if got, want := events.next(t, "offer"), "offer "+a.id+` {"sdp":1}`; got != want {
+		t.Errorf("event %q; want %q", got, want)
+	}
+	a.send(`{"type":"offer","peerId":"` + b.id + `","signal":2}`)
+	if got, want := events.next(t, "offer"), "offer "+a.id+" 2"; got != want {
+		t.Errorf("event %q; want %q", got, want)
+	}
+}
+
+func TestEventAnswer(t *testing.T) {
+	events := make(recorder, 100)
+	_, base := setupTest(t, Options{}, events.events())
+	a := dial(t, base, "/r")
+	b := dial(t, base, "/r")
+	b.send(`{"type":"answer","peerId":"` + a.id + `","signal":"sdp"}`)
+	if got, want := events.next(t, "answer"), "answer "+a.id+" "+b.id+` "sdp"`; got != want {
+		t.Errorf("event %q; want %q (to, from, signal)", got, want)
+	}
+}
+
+func TestEventRemoveOnClose(t *testing.T) {
+	events := make(recorder, 100)
+	srv, base := setupTest(t, Options{}, events.events())
+	a := dial(t, base, "/r")
+	srv.Close(nil)
+	if got, want := events.next(t, "remove", "error"), "remove "+a.id; got != want {
+		t.Errorf("event %q; want %q and no error on Close", got, want)
+	}
+	a.conn.SetReadDeadline(time.Now().Add(readTimeout))
+	var text string
+	if err := websocket.Message.Receive(a.conn, &text); err != io.EOF {
+		t.Errorf("after Close: %q, %v; want a close frame (EOF)", text, err)
+	}
+}
+
+// TestStalledPeerIsDropped: a peer that never reads is dropped, while
+// another peer of the room keeps receiving everything promptly.
+func TestStalledPeerIsDropped(t *testing.T) {
+	events := make(recorder, 1000)
+	_, base := setupTest(t, Options{WriteTimeout: 200 * time.Millisecond, PingInterval: time.Hour}, events.events())
+	sender := dial(t, base, "/r")
+	reader := dial(t, base, "/r")
+	dialRaw(t, base+"/r", nil) // never reads
+	sender.expect("announce")
+	sender.expect("announce")
+	reader.expect("announce")
+	big := `{"type":"offer","signal":"` + strings.Repeat("x", 60<<10) + `"}`
+	const n = 200 // 12 MB: more than the socket buffers and the queue can hold
+	done := make(chan error, 1)
+	go func() {
+		for range n {
+			if err := websocket.Message.Send(sender.conn, big); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	removed := ""
+	for offers := 0; offers < n; {
+		switch m := reader.read(); m.Type {
+		case "offer":
+			offers++
+		case "remove":
+			removed = m.PeerID
+		default:
+			t.Fatalf("reader got %s; want offers and one remove", m.raw)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("sender: %v", err)
+	}
+	e := events.next(t, "error")
+	if !strings.Contains(e, "waiting") && !strings.Contains(e, "timeout") {
+		t.Errorf("event %q; want the stalled peer dropped for its queue or a write timeout", e)
+	}
+	stalledID := strings.Fields(e)[1]
+	if got, want := events.next(t, "remove"), "remove "+stalledID; got != want {
+		t.Errorf("event %q; want %q", got, want)
+	}
+	if removed == "" {
+		removed = reader.expect("remove").PeerID
+	}
+	if removed != stalledID {
+		t.Errorf("reader told of the removal of %s; want the stalled peer %s", removed, stalledID)
+	}
+	sender.expect("remove")
+	sender.quiet()
+	reader.quiet()
+}
+
+// TestUnresponsivePeerIsDropped: a peer that never answers pings is dropped
+// within about three intervals; a peer that reads (and so answers) stays.
+func TestUnresponsivePeerIsDropped(t *testing.T) {
+	const interval = 50 * time.Millisecond
+	events := make(recorder, 1000)
+	_, base := setupTest(t, Options{PingInterval: interval}, events.events())
+	good := dial(t, base, "/r")
+	received := make(chan msg, 10)
+	go func() { // reads, and so answers pings, until the test ends
+		defer close(received)
+		for {
+			var text string
+			if websocket.Message.Receive(good.conn, &text) != nil {
+				return
+			}
+			var m msg
+			json.Unmarshal([]byte(text), &m)
+			received <- m
+		}
+	}()
+	start := time.Now()
+	dialRaw(t, base+"/r", nil) // never reads, never answers
+	e := events.next(t, "error")
+	if elapsed := time.Since(start); !strings.Contains(e, "ping") || elapsed > 5*interval {
+		t.Errorf("event %q after %v; want a drop for silence within about 3 intervals", e, elapsed)
+	}
+	if got, want := events.next(t, "remove"), "remove "+strings.Fields(e)[1]; got != want {
+		t.Errorf("event %q; want %q", got, want)
+	}
+	for m := range received {
+		if m.Type == "remove" {
+			break
+		}
+	}
+	select {
+	case e := <-events:
+		if strings.HasPrefix(e, "error") || strings.HasPrefix(e, "remove") {
+			t.Errorf("event %q; want the reading peer to stay", e)
+		}
+	case <-time.After(10 * interval): // ten intervals: five times the timeout
+	}
+}
+
+func TestCloseEndsEverything(t *testing.T) {
+	before := runtime.NumGoroutine()
+	srv := New(Options{PingInterval: 10 * time.Millisecond})
+	ts := httptest.NewServer(srv)
+	base := "ws" + strings.TrimPrefix(ts.URL, "http")
+	var clients []*client
+	for i := range 10 {
+		c := dial(t, base, fmt.Sprint("/", i%3))
+		c.send(`{"type":"offer","signal":1}`)
+		clients = append(clients, c)
+	}
+	closed := make(chan bool)
+	srv.Close(func() { close(closed) })
+	select {
+	case <-closed:
+	default:
+		t.Fatal("Close returned before calling done")
+	}
+	for _, c := range clients {
+		for { // each gets a close frame after whatever was on its way
+			c.conn.SetReadDeadline(time.Now().Add(readTimeout))
+			var text string
+			err := websocket.Message.Receive(c.conn, &text)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("client: %v; want a close frame", err)
+			}
+		}
+		c.conn.Close()
+	}
+	ts.Close()
+	deadline := time.Now().Add(readTimeout)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines after Close; want %d\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond) // polling the count: there is no event to wait on
+	}
+}
+
+func TestRun(t *testing.T) {
+	srv := New(Options{Port: "0"})
+	ports := make(chan string, 1)
+	ran := make(chan error, 1)
+	go func() { ran <- srv.Run(func(port string) { ports <- port }) }()
+	var port string
+	select {
+	case port = <-ports:
+	case err := <-ran:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(readTimeout):
+		t.Fatal("Run did not call ready")
+	}
+	a := dial(t, "ws://127.0.0.1:"+port, "/")
+	srv.Close(nil)
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Errorf("Run = %v; want nil after Close", err)
+		}
+	case <-time.After(readTimeout):
+		t.Fatal("Run did not return after Close")
+	}
+	a.conn.SetReadDeadline(time.Now().Add(readTimeout))
+	var text string
+	if err := websocket.Message.Receive(a.conn, &text); err != io.EOF {
+		t.Errorf("after Close: %q, %v; want a close frame", text, err)
+	}
+	if _, err := net.Dial("tcp", "127.0.0.1:"+port); err == nil {
+		t.Error("still accepting connections after Close")
+	}
+}
+
+// TestOrderUnderLoad: many peers relay to each other at once, and each
+// receiver gets each sender's messages in the order they were sent.
+func TestOrderUnderLoad(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	const peers, perTarget = 8, 100
+	clients := make([]*client, peers)
+	for i := range clients {
+		clients[i] = dial(t, base, "/load")
+	}
+	for i, c := range clients {
+		for range peers - 1 - i {
+			c.expect("announce")
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, peers*2)
+	for _, c := range clients {
+		wg.Go(func() { // sender
+			for n := range perTarget {
+				for _, to := range clients {
+					if to != c {
+						text := fmt.Sprintf(`{"type":"offer","peerId":"%s","signal":%d}`, to.id, n)
+						if err := websocket.Message.Send(c.conn, text); err != nil {
+							errs <- err
+							return
+						}
+					}
+				}
+			}
+		})
+		wg.Go(func() { // receiver
+			next := map[string]int{}
+			for range perTarget * (peers - 1) {
+				c.conn.SetReadDeadline(time.Now().Add(readTimeout))
+				var m msg
+				if err := websocket.JSON.Receive(c.conn, &m); err != nil {
+					errs <- err
+					return
+				}
+				if n, _ := json.Marshal(next[m.PeerID]); string(m.Signal) != string(n) {
+					errs <- fmt.Errorf("from %s: signal %s; want %s", m.PeerID, m.Signal, n)
+					return
+				}
+				next[m.PeerID]++
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// FuzzParse checks parse's contract on any input: an accepted message is a
+// known type, and a relayed one is a JSON object of exactly type, peerId and
+// the signal, byte for byte; a refused one gets an error reply that is JSON.
+func FuzzParse(f *testing.F) {
+	for _, seed := range []string{
+		`{"type":"ping"}`, `{"type":"peers"}`, `{"type":"offer","signal":{"sdp":"x"}}`,
+		`{"type":"answer","peerId":"ABC","signal":"<&>"}`, `{"type":"candidate","peerId":"A","signal":null}`,
+		`{"type":"offer","peerId":1,"signal":1}`, `null`, `[]`, `{"type":"\u0070ing"}`, "{\"type\":\"\xff\"}",
+		`{"type":"offer","signal":1,"signal":null}`, `{"type":"offer","signal" : [1, {"a":"\u2028"}] }`,
+	} {
+		f.Add([]byte(seed), false)
+	}
+	f.Add([]byte(`{"type":"ping"}`), true)
+	f.Fuzz(func(t *testing.T, data []byte, binary bool) {
+		m, err := parse(frame{data, binary})
+		if err != nil {
+			reply := errorMessage(err.Error())
+			if !utf8.Valid(reply) || !json.Valid(reply) {
+				t.Fatalf("error reply %q is not valid JSON", reply)
+			}
+			return
+		}
+		if binary || !utf8.Valid(data) {
+			t.Fatalf("accepted a binary or non-UTF-8 frame %q", data)
+		}
+		switch m.Type {
+		case "ping", "peers":
+			return
+		case "offer", "answer", "candidate":
+		default:
+			t.Fatalf("accepted type %q", m.Type)
+		}
+		if m.PeerID == "" && m.Type != "offer" {
+			t.Fatalf("accepted %s without peerId: %q", m.Type, data)
+		}
+		out := relayed(m.Type, "SENDER", m.Signal)
+		var fields map[string]json.RawMessage
+		if err := json.Unmarshal(out, &fields); err != nil {
+			t.Fatalf("relayed %q is not a JSON object: %v", out, err)
+		}
+		if len(fields) != 3 || string(fields["peerId"]) != `"SENDER"` || !bytes.Equal(fields["signal"], m.Signal) || string(fields["signal"]) == "null" {
+			t.Fatalf("relayed %q from %q; want type, peerId and the signal unchanged", out, data)
+		}
+	})
+}
+
+// rawConn is a hand-made WebSocket client, for what x/net's client cannot
+// do: leave out the Origin header, send fragments, or never read.
+type rawConn struct {
+	t      *testing.T
+	conn   net.Conn
+	r      *bufio.Reader
+	status int
+}
+
+// dialRaw does a WebSocket handshake with header added and returns the
+// connection with the response status; it is closed when the test ends.
+func dialRaw(t *testing.T, url string, header http.Header) *rawConn {
+	t.Helper()
+	u := strings.TrimPrefix(url, "ws://")
+	host, path, _ := strings.Cut(u, "/")
+	conn, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	req, _ := http.NewRequest("GET", "http://"+host+"/"+path, nil)
+	req.Header = header.Clone()
+	if req.Header == nil {
+		req.Header = http.Header{}
+	}
+	req.Header.Set("Upgrade", "websocket")
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Sec-WebSocket-Version", "13")
+	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	if err := req.Write(conn); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(conn)
+	conn.SetReadDeadline(time.Now().Add(readTimeout))
+	resp, err := http.ReadResponse(r, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &rawConn{t: t, conn: conn, r: r, status: resp.StatusCode}
+}
+
+// writeFrame writes one masked client frame.
+func (c *rawConn) writeFrame(fin bool, opcode byte, payload []byte) {
+	c.t.Helper()
+	b0 := opcode
+	if fin {
+		b0 |= 0x80
+	}
+	if len(payload) > 125 {
+		c.t.Fatal("writeFrame: payloads over 125 bytes not supported")
+	}
+	var key [4]byte
+	rand.Read(key[:])
+	frame := append([]byte{b0, 0x80 | byte(len(payload))}, key[:]...)
+	for i, b := range payload {
+		frame = append(frame, b^key[i%4])
+	}
+	if _, err := c.conn.Write(frame); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// readFrame reads one server frame (unmasked, unfragmented).
+func (c *rawConn) readFrame() (opcode byte, payload []byte) {
+	c.t.Helper()
+	c.conn.SetReadDeadline(time.Now().Add(readTimeout))
+	var h [2]byte
+	if _, err := io.ReadFull(c.r, h[:]); err != nil {
+		c.t.Fatal(err)
+	}
+	n := int(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var l [2]byte
+		io.ReadFull(c.r, l[:])
+		n = int(binary.BigEndian.Uint16(l[:]))
+	case 127:
+		var l [8]byte
+		io.ReadFull(c.r, l[:])
+		n = int(binary.BigEndian.Uint64(l[:]))
+	}
+	payload = make([]byte, n)
+	if _, err := io.ReadFull(c.r, payload); err != nil {
+		c.t.Fatal(err)
+	}
+	return h[0] & 0x0f, payload
+}
