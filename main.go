@@ -2,21 +2,19 @@
 // each room and passes signals (SDP offers and answers, ICE candidates)
 // between them. All real traffic then flows peer to peer.
 //
-// Usage:
-//
-//	go run main.go [-port 8080] [-ping 20s] [-max-peers 10000] [-origin https://a.example,https://b.example] [-v]
+// Usage: go run main.go [-port 8080] [-ping 20s] [-max-peers 10000] [-origin https://a.example,…] [-v]
 //
 // Peers connect with a WebSocket to ws://HOST:8080/ROOM; the URL path names
 // the room. Every message, both ways, is one text frame holding one JSON
 // object with a string field "type". A session:
 //
-//	A connects to /chat     <- {"type":"peers","id":"A…","peers":[]}
-//	B connects to /chat     <- {"type":"peers","id":"B…","peers":["A…"]}
-//	                      A <- {"type":"announce","peerId":"B…"}
+//	A connects to /chat     A <- {"type":"peers","id":"A…","peers":[]}
+//	B connects to /chat     B <- {"type":"peers","id":"B…","peers":["A…"]}
+//	                        A <- {"type":"announce","peerId":"B…"}
 //	B -> {"type":"offer","peerId":"A…","signal":{"type":"offer","sdp":"…"}}
-//	                      A <- {"type":"offer","peerId":"B…","signal":{…}}
-//	A -> {"type":"answer","peerId":"B…","signal":{…}}  (candidates likewise)
-//	B disconnects         A <- {"type":"remove","peerId":"B…"}
+//	                        A <- {"type":"offer","peerId":"B…","signal":{…}}
+//	A -> {"type":"answer","peerId":"B…","signal":{…}}   (candidates likewise)
+//	B disconnects           A <- {"type":"remove","peerId":"B…"}
 //
 // protocol.md is the full specification. The server is an http.Handler:
 // mount New(opts) directly (not under a mux that cleans paths), or call Run.
@@ -24,8 +22,8 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"cmp"
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -53,13 +51,11 @@ import (
 const maxQueuedBytes = 4 << 20
 
 var (
-	errServerClosing = errors.New("server closing")
-	errServerFull    = errors.New("server full")
-	errQueueFull     = errors.New("more than 4 MiB waiting to be sent")
-	errNoSignOfLife  = errors.New("nothing received for two ping intervals")
+	errLeft          = errors.New("left")           // a normal leave
+	errServerClosing = errors.New("server closing") // Close; like errLeft, not an Events.Error
 )
 
-// Options configures a Server. The zero value of each field means its default.
+// Options configures a Server. A zero field means its default.
 type Options struct {
 	Port            string        // TCP port Run listens on; default "8080"; "0" picks a free one
 	MaxMessageBytes int           // largest frame accepted; default 64 KiB
@@ -69,11 +65,10 @@ type Options struct {
 	Origins         []string      // browser Origin values allowed; empty allows any. A request with no Origin header (not a browser) is always allowed.
 }
 
-// Events lets a program watch the server, as the events of the original
-// Node.js Peero did. Any hook may be nil. Hooks run without the server's lock
-// held, possibly from several goroutines at once, and must not call Close.
-// For each peer, Connection, Peers and Announce come first, in that order;
-// Remove comes exactly once, last.
+// Events lets a program watch the server, like the original Node.js Peero's
+// events. Any hook may be nil. Hooks run without the server's lock held,
+// possibly from several goroutines at once, and must not call Close. For each
+// peer, Connection, Peers and Announce come first; Remove comes once, last.
 type Events struct {
 	Connection func(p *Peer)                                        // p connected and joined its room (before its peers list is sent)
 	Message    func(p *Peer, message []byte)                        // any message received from p, before it is handled, bad ones included
@@ -82,10 +77,7 @@ type Events struct {
 	Announce   func(p *Peer)                                        // the others of p's room were told p joined
 	Peers      func(p *Peer, peers []string)                        // the peers list was sent to p
 	Remove     func(peerID string)                                  // the peer left its room (closed, dropped, or server closing); the room was told
-	// Error: the server dropped p for a fault (a write failed or timed out,
-	// its queue overflowed, nothing heard within two ping intervals); Remove
-	// follows. Not called for a normal close or for Close.
-	Error func(err error, p *Peer)
+	Error      func(err error, p *Peer)                             // the server dropped p for a fault (a write failed or timed out, its queue overflowed, no sign of life for two ping intervals); Remove follows. Not called for a normal close or for Close
 }
 
 // Peer is one connected client.
@@ -98,24 +90,20 @@ type Peer struct {
 	lastSeen atomic.Int64 // UnixNano of the last bytes read from the peer, pongs included
 
 	mu      sync.Mutex // guards the fields below
-	queue   [][]byte   // messages waiting for the writer, oldest first; nil means a ping
+	queue   [][]byte   // messages waiting for the writer, oldest first; nil stands for a ping
 	queued  int        // bytes queued or being written
 	writing bool       // a writer goroutine owns the queue
-	dropped bool       // nothing more is queued; the read loop is ending
-	reason  error      // why the peer was dropped; nil for a normal leave
+	dropped error      // why the peer is leaving, once it is: nothing more is queued then
 }
 
 // Server is a Peero signaling server. Create it with New, set Events, then
-// serve it with Run or mount it as an http.Handler. The caller should call
-// Close when finished.
+// call Run or mount it as an http.Handler. Call Close when finished.
 type Server struct {
 	Events Events // set before serving
 
-	opts      Options
-	wg        sync.WaitGroup // counts read loops, writers and the pinger, for Close
-	stop      chan struct{}  // closed by Close to end the pinger and Run
-	done      chan struct{}  // closed when Close has finished
-	closeOnce sync.Once
+	opts Options
+	wg   sync.WaitGroup // counts read loops, writers and the pinger, for Close
+	stop chan struct{}  // closed by Close to end the pinger and Run
 
 	mu     sync.Mutex                  // guards the fields below
 	rooms  map[string]map[string]*Peer // room -> peer id -> peer; a room goes with its last peer
@@ -130,8 +118,7 @@ func New(opts Options) *Server {
 	opts.MaxPeers = cmp.Or(opts.MaxPeers, 10000)
 	opts.PingInterval = cmp.Or(opts.PingInterval, 20*time.Second)
 	opts.WriteTimeout = cmp.Or(opts.WriteTimeout, 10*time.Second)
-	s := &Server{opts: opts, stop: make(chan struct{}), done: make(chan struct{}),
-		rooms: make(map[string]map[string]*Peer)}
+	s := &Server{opts: opts, stop: make(chan struct{}), rooms: make(map[string]map[string]*Peer)}
 	s.wg.Add(1)
 	go s.pingLoop()
 	return s
@@ -140,15 +127,16 @@ func New(opts Options) *Server {
 // ServeHTTP upgrades r to a WebSocket and serves the peer until it leaves.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
+	closed := s.closed
+	if !closed {
+		s.wg.Add(1) // under the lock, so that Close cannot begin waiting first
+		defer s.wg.Done()
+	}
+	s.mu.Unlock()
+	if closed {
 		http.Error(w, "peero: server closed", http.StatusServiceUnavailable)
 		return
 	}
-	s.wg.Add(1) // under the lock, so that Close cannot start waiting before it
-	s.mu.Unlock()
-	defer s.wg.Done()
-
 	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 		w.Header().Set("Upgrade", "websocket")
 		http.Error(w, "peero: this is a WebRTC signaling server; connect with a WebSocket to ws://HOST/ROOM", http.StatusUpgradeRequired)
@@ -156,116 +144,89 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	p := &Peer{ID: rand.Text(), Room: r.URL.Path, srv: s}
 	p.lastSeen.Store(time.Now().UnixNano())
-	// websocket.Handler would refuse clients with no Origin and file:// pages.
-	ws := websocket.Server{Handshake: s.checkOrigin, Handler: func(c *websocket.Conn) {
+	// Not websocket.Handler: it refuses clients with no Origin, and file:// pages.
+	ws := websocket.Server{Handshake: func(_ *websocket.Config, r *http.Request) error {
+		if o := r.Header.Get("Origin"); o != "" && len(s.opts.Origins) > 0 && !slices.Contains(s.opts.Origins, o) {
+			return fmt.Errorf("origin %q not allowed", o)
+		}
+		return nil
+	}, Handler: func(c *websocket.Conn) {
 		c.MaxPayloadBytes = s.opts.MaxMessageBytes
 		p.conn = c
 		s.serve(p)
 	}}
-	ws.ServeHTTP(timestampingWriter{w, &p.lastSeen}, r)
+	ws.ServeHTTP(&liveConn{ResponseWriter: w, seen: &p.lastSeen}, r)
 }
 
-func (s *Server) checkOrigin(_ *websocket.Config, r *http.Request) error {
-	origin := r.Header.Get("Origin")
-	if origin == "" || len(s.opts.Origins) == 0 || slices.Contains(s.opts.Origins, origin) {
-		return nil
-	}
-	return fmt.Errorf("origin %q not allowed", origin)
-}
-
-// serve is p's read loop; it runs on the request's goroutine. It joins p to
-// its room, handles its messages in order, and on the way out removes p
-// from the room and closes the connection.
+// serve is p's read loop, on the request's goroutine: it joins p to its room,
+// handles its messages in order, then removes p and closes the connection.
 func (s *Server) serve(p *Peer) {
 	others, err := s.join(p)
 	if err != nil {
 		p.closeConn(errorMessage(err.Error()))
 		return
 	}
-	ids := peerIDs(others)
 	if s.Events.Connection != nil {
 		s.Events.Connection(p)
 	}
 	s.wg.Add(1)
-	go p.write() // join queued p's peers list and held the writer back until now
+	go p.write() // join queued p's peers list but held the writer back until now
 	if s.Events.Peers != nil {
-		s.Events.Peers(p, ids)
+		s.Events.Peers(p, peerIDs(others))
 	}
-	announce := []byte(`{"type":"announce","peerId":"` + p.ID + `"}`) // ids need no escaping
-	for _, o := range others {
-		o.send(announce)
-	}
+	sendAll(others, []byte(`{"type":"announce","peerId":"`+p.ID+`"}`)) // ids need no escaping
 	if s.Events.Announce != nil {
 		s.Events.Announce(p)
 	}
-
 	var last []byte // a final message for p, sent just before closing
 	for {
 		var f frame
-		err := frameCodec.Receive(p.conn, &f)
-		if err == websocket.ErrFrameTooLarge {
-			last = errorMessage(fmt.Sprintf("frame larger than %d bytes; closing", s.opts.MaxMessageBytes))
+		if err := codec.Receive(p.conn, &f); err != nil { // EOF, a close frame, a broken connection, a drop
+			if err == websocket.ErrFrameTooLarge {
+				last = errorMessage(fmt.Sprintf("frame larger than %d bytes; closing", s.opts.MaxMessageBytes))
+			}
 			break
-		}
-		if err != nil {
-			break // EOF, a close frame, a broken connection, or a drop
 		}
 		if s.Events.Message != nil {
 			s.Events.Message(p, f.data)
 		}
 		m, err := parse(f)
-		if err == nil {
-			switch m.Type {
-			case "ping":
-				p.send(pong)
-			case "peers":
-				ids := peerIDs(s.others(p))
-				p.send(peersMessage(p.ID, ids))
-				if s.Events.Peers != nil {
-					s.Events.Peers(p, ids)
-				}
-			default: // offer, answer, candidate
-				err = s.relay(p, m)
+		switch {
+		case err != nil:
+		case m.Type == "ping":
+			p.send(pong)
+		case m.Type == "peers":
+			ids := peerIDs(s.others(p, ""))
+			p.send(peersMessage(p.ID, ids))
+			if s.Events.Peers != nil {
+				s.Events.Peers(p, ids)
+			}
+		default: // offer, answer or candidate: relayed with p as the sender
+			to := s.others(p, m.PeerID)
+			if m.PeerID != "" && len(to) == 0 {
+				err = fmt.Errorf("no peer %q in this room", m.PeerID)
+				break
+			}
+			sendAll(to, relayed(m.Type, p.ID, m.Signal))
+			if m.Type == "offer" && s.Events.Offer != nil {
+				s.Events.Offer(p, m.Signal)
+			}
+			if m.Type == "answer" && s.Events.Answer != nil {
+				s.Events.Answer(to[0], p.ID, m.Signal)
 			}
 		}
 		if err != nil {
 			p.send(errorMessage(err.Error()))
 		}
 	}
-
-	if reason := p.drop(nil); reason != nil && reason != errServerClosing && s.Events.Error != nil {
+	if reason := p.drop(errLeft); reason != errLeft && reason != errServerClosing && s.Events.Error != nil {
 		s.Events.Error(reason, p)
 	}
-	remove := []byte(`{"type":"remove","peerId":"` + p.ID + `"}`)
-	for _, o := range s.leave(p) {
-		o.send(remove)
-	}
+	sendAll(s.leave(p), []byte(`{"type":"remove","peerId":"`+p.ID+`"}`))
 	if s.Events.Remove != nil {
 		s.Events.Remove(p.ID)
 	}
 	p.closeConn(last)
-}
-
-// relay hands m on from p, with p as its sender, to the peer it names or,
-// for an offer that names none, to every other peer of the room.
-func (s *Server) relay(p *Peer, m message) error {
-	msg := relayed(m.Type, p.ID, m.Signal)
-	if m.PeerID == "" {
-		for _, o := range s.others(p) {
-			o.send(msg)
-		}
-	} else if to := s.find(p, m.PeerID); to != nil {
-		to.send(msg)
-		if m.Type == "answer" && s.Events.Answer != nil {
-			s.Events.Answer(to, p.ID, m.Signal)
-		}
-	} else {
-		return fmt.Errorf("no peer %q in this room", m.PeerID)
-	}
-	if m.Type == "offer" && s.Events.Offer != nil {
-		s.Events.Offer(p, m.Signal)
-	}
-	return nil
 }
 
 // message is a client message that parse has checked.
@@ -277,51 +238,41 @@ type message struct {
 
 // parse checks a frame against the protocol, all but whether PeerID is in
 // the sender's room, which only the server can tell.
-func parse(f frame) (message, error) {
-	var m message
-	if f.binary {
+func parse(f frame) (m message, err error) {
+	var fields map[string]json.RawMessage // not a struct: encoding/json matches struct fields case-insensitively
+	switch {
+	case f.binary:
 		return m, errors.New("binary frames are not accepted; send JSON as text")
-	}
-	if !utf8.Valid(f.data) {
+	case !utf8.Valid(f.data):
 		return m, errors.New("message is not valid UTF-8")
-	}
-	// A map, not a struct: encoding/json matches struct fields case-insensitively.
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(f.data, &fields); err != nil || fields == nil {
+	case json.Unmarshal(f.data, &fields) != nil || fields == nil:
 		return m, errors.New("message is not a JSON object")
 	}
-	typ, ok := jsonString(fields["type"])
-	switch {
-	case !ok:
-		return m, errors.New(`message needs a string field "type"`)
-	case typ == "ping" || typ == "peers":
-		return message{Type: typ}, nil
-	case typ != "offer" && typ != "answer" && typ != "candidate":
-		return m, fmt.Errorf("unknown message type %q", typ)
+	if m.Type, err = jsonString(fields, "type", true); err != nil || m.Type == "ping" || m.Type == "peers" {
+		return m, err
 	}
-	m = message{Type: typ, Signal: fields["signal"]}
-	if m.Signal == nil || string(m.Signal) == "null" {
-		return m, fmt.Errorf("%s needs a signal", typ)
+	if m.Type != "offer" && m.Type != "answer" && m.Type != "candidate" {
+		return m, fmt.Errorf("unknown message type %q", m.Type)
 	}
-	raw, named := fields["peerId"]
-	if m.PeerID, ok = jsonString(raw); named && (!ok || m.PeerID == "") {
-		return m, errors.New("peerId must be a peer id string")
+	if m.Signal = fields["signal"]; m.Signal == nil || string(m.Signal) == "null" {
+		return m, fmt.Errorf("%s needs a signal", m.Type)
 	}
-	if !named && typ != "offer" {
-		return m, fmt.Errorf("%s needs a peerId", typ)
-	}
-	return m, nil
+	m.PeerID, err = jsonString(fields, "peerId", m.Type != "offer")
+	return m, err
 }
 
-// jsonString returns the string raw holds, if it is a JSON string.
-func jsonString(raw json.RawMessage) (string, bool) {
-	var s string
-	return s, len(raw) > 0 && raw[0] == '"' && json.Unmarshal(raw, &s) == nil
+// jsonString returns fields[key] if it is a JSON string that is not empty,
+// "" if it is absent and not required, or else an error.
+func jsonString(fields map[string]json.RawMessage, key string, required bool) (s string, err error) {
+	raw, ok := fields[key]
+	if ok && (raw[0] != '"' || json.Unmarshal(raw, &s) != nil || s == "") || !ok && required {
+		err = fmt.Errorf("message needs %q, a string that is not empty", key)
+	}
+	return s, err
 }
 
-// join adds p to its room and queues p's peers list as its first message.
-// It returns the others of the room: those p's peers list names, and so
-// exactly those to be told of p.
+// join adds p to its room with its peers list queued as its first message, and
+// returns the others of the room: those that list names, to be told of p.
 func (s *Server) join(p *Peer) ([]*Peer, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -329,113 +280,103 @@ func (s *Server) join(p *Peer) ([]*Peer, error) {
 		return nil, errServerClosing
 	}
 	if s.count >= s.opts.MaxPeers {
-		return nil, errServerFull
+		return nil, errors.New("server full")
 	}
-	room := s.rooms[p.Room]
-	if room == nil {
-		room = make(map[string]*Peer)
-		s.rooms[p.Room] = room
+	if s.rooms[p.Room] == nil {
+		s.rooms[p.Room] = make(map[string]*Peer)
 	}
-	others := peersIn(room, nil)
-	room[p.ID] = p
+	others := peersIn(s.rooms[p.Room], nil)
+	s.rooms[p.Room][p.ID] = p
 	s.count++
-	// No one else can see p until s.mu is released, so its queue needs no lock yet.
-	p.queue = [][]byte{peersMessage(p.ID, peerIDs(others))}
-	p.writing = true
+	// No one else can see p before s.mu is released: its queue needs no lock yet.
+	p.queue, p.writing = [][]byte{peersMessage(p.ID, peerIDs(others))}, true
 	return others, nil
 }
 
-// leave removes p from its room and returns the peers left in it.
-func (s *Server) leave(p *Peer) []*Peer {
+func (s *Server) leave(p *Peer) (others []*Peer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	room := s.rooms[p.Room]
-	delete(room, p.ID)
-	s.count--
-	if len(room) == 0 {
+	delete(s.rooms[p.Room], p.ID)
+	if s.count--; len(s.rooms[p.Room]) == 0 {
 		delete(s.rooms, p.Room)
 	}
-	return peersIn(room, nil)
+	return peersIn(s.rooms[p.Room], nil)
 }
 
-// others returns the peers of p's room other than p.
-func (s *Server) others(p *Peer) []*Peer {
+// others returns the peers of p's room but p or, if id is not "", the one
+// with that id; none if it is not there or is p.
+func (s *Server) others(p *Peer, id string) []*Peer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if to := s.rooms[p.Room][id]; id != "" && to != nil && to != p {
+		return []*Peer{to}
+	} else if id != "" {
+		return nil
+	}
 	return peersIn(s.rooms[p.Room], p)
 }
 
-// find returns the peer of p's room with id, or nil; never p itself.
-func (s *Server) find(p *Peer, id string) *Peer {
+func (s *Server) all() (peers []*Peer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if o := s.rooms[p.Room][id]; o != p {
-		return o
+	for _, room := range s.rooms {
+		peers = append(peers, peersIn(room, nil)...)
 	}
-	return nil
+	return peers
 }
 
 func peersIn(room map[string]*Peer, except *Peer) []*Peer {
 	peers := make([]*Peer, 0, len(room))
-	for _, o := range room {
-		if o != except {
-			peers = append(peers, o)
+	for _, p := range room {
+		if p != except {
+			peers = append(peers, p)
 		}
 	}
 	return peers
 }
 
-// send queues msg for p; a nil msg is a WebSocket ping. It never blocks: it
-// starts p's writer if none is running, and drops p if more than
-// maxQueuedBytes would be waiting for it.
+func sendAll(peers []*Peer, msg []byte) {
+	for _, p := range peers {
+		p.send(msg)
+	}
+}
+
+// send queues msg (nil for a ping) for p and starts p's writer if none runs.
+// It never blocks; if more than maxQueuedBytes would wait, it drops p instead.
 func (p *Peer) send(msg []byte) {
 	p.mu.Lock()
-	if p.dropped {
-		p.mu.Unlock()
-		return
+	full := p.queued+len(msg) > maxQueuedBytes
+	ok, start := p.dropped == nil && !full, p.dropped == nil && !full && !p.writing
+	if ok {
+		p.queue, p.queued, p.writing = append(p.queue, msg), p.queued+len(msg), true
 	}
-	if p.queued+len(msg) > maxQueuedBytes {
-		p.mu.Unlock()
-		p.drop(errQueueFull)
-		return
-	}
-	p.queue = append(p.queue, msg)
-	p.queued += len(msg)
-	start := !p.writing
-	p.writing = true
 	p.mu.Unlock()
+	if full {
+		p.drop(errors.New("more than 4 MiB waiting to be sent"))
+	}
 	if start {
-		p.srv.wg.Add(1) // the caller is counted too, so Close is not done waiting yet
+		p.srv.wg.Add(1) // the caller is counted too, so Close is still waiting
 		go p.write()
 	}
 }
 
-// write is p's writer goroutine. send starts it when p's queue was empty;
-// it returns once the queue is empty again or p is dropped. At most one runs
-// per peer, so messages arrive in the order they were queued.
+// write is p's writer goroutine: send starts it, and it returns once the queue
+// is empty or p is dropped. One at most runs per peer, so order is kept.
 func (p *Peer) write() {
 	defer p.srv.wg.Done()
 	for {
 		p.mu.Lock()
 		batch := p.queue
-		p.queue = nil
-		if len(batch) == 0 || p.dropped {
-			p.writing = false
-			p.mu.Unlock()
+		p.queue, p.writing = nil, len(batch) > 0 && p.dropped == nil
+		writing := p.writing
+		p.mu.Unlock()
+		if !writing {
 			return
 		}
-		p.mu.Unlock()
-
 		n := 0
 		for _, msg := range batch {
 			p.conn.SetWriteDeadline(time.Now().Add(p.srv.opts.WriteTimeout))
-			var err error
-			if msg == nil {
-				err = pingCodec.Send(p.conn, nil)
-			} else {
-				_, err = p.conn.Write(msg)
-			}
-			if err != nil {
+			if err := codec.Send(p.conn, msg); err != nil {
 				p.drop(fmt.Errorf("send to %s: %w", p.ID, err))
 				return
 			}
@@ -447,38 +388,29 @@ func (p *Peer) write() {
 	}
 }
 
-// drop stops p's traffic: nothing more is queued, and the connection's
-// deadlines move to now so that its read loop and writer return at once;
-// the read loop then leaves the room and closes the connection. The first
-// reason given is kept and returned; nil means a normal leave.
+// drop ends p's traffic and wakes its read loop, which then leaves the room.
+// It returns the first reason given.
 func (p *Peer) drop(reason error) error {
 	p.mu.Lock()
-	first := !p.dropped
-	if first {
-		p.dropped, p.reason, p.queue = true, reason, nil
+	defer p.mu.Unlock()
+	if p.dropped == nil {
+		p.dropped, p.queue = reason, nil
+		p.conn.SetDeadline(time.Now()) // not I/O: it wakes the blocked read and write
 	}
-	reason = p.reason
-	p.mu.Unlock()
-	if first {
-		p.conn.SetDeadline(time.Now())
-	}
-	return reason
+	return p.dropped
 }
 
 // closeConn sends last (if not nil) and a close frame, best effort, and closes p's connection.
 func (p *Peer) closeConn(last []byte) {
-	// x/net's Close waits behind a write in progress. A second is enough for
-	// a healthy peer and bounds how long a stalled one can hold up Close.
-	p.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	p.conn.SetWriteDeadline(time.Now().Add(time.Second)) // x/net's Close waits behind a write in progress
 	if last != nil {
 		p.conn.Write(last)
 	}
 	p.conn.Close()
 }
 
-// pingLoop is the server's one pinger, started by New and ended by Close.
-// Each PingInterval it pings every peer and drops those from which nothing
-// has been read for two intervals. Browsers answer pings by themselves.
+// pingLoop, started by New, pings every peer each interval and drops those
+// silent for two (browsers answer pings by themselves); on Close it drops all.
 func (s *Server) pingLoop() {
 	defer s.wg.Done()
 	ticker := time.NewTicker(s.opts.PingInterval)
@@ -486,11 +418,14 @@ func (s *Server) pingLoop() {
 	for {
 		select {
 		case <-s.stop:
+			for _, p := range s.all() {
+				p.drop(errServerClosing)
+			}
 			return
 		case now := <-ticker.C:
 			for _, p := range s.all() {
 				if now.UnixNano()-p.lastSeen.Load() > int64(2*s.opts.PingInterval) {
-					p.drop(errNoSignOfLife)
+					p.drop(errors.New("nothing received for two ping intervals"))
 				} else {
 					p.send(nil)
 				}
@@ -499,117 +434,91 @@ func (s *Server) pingLoop() {
 	}
 }
 
-func (s *Server) all() []*Peer {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	peers := make([]*Peer, 0, s.count)
-	for _, room := range s.rooms {
-		peers = append(peers, peersIn(room, nil)...)
-	}
-	return peers
-}
-
-// Run listens on Options.Port, calls ready (if not nil) with the port it
-// got, and serves until Close, which it waits for. It returns nil after
-// Close, or the error that stopped it from serving.
+// Run listens on Options.Port, calls ready (if not nil) with the real port,
+// and serves until Close has finished; then it returns nil.
 func (s *Server) Run(ready func(port string)) error {
 	ln, err := net.Listen("tcp", ":"+s.opts.Port)
 	if err != nil {
 		return err
 	}
 	hs := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
-	go func() { // ended by Close, which also ends Serve this way
+	go func() { // ended by Close, which so ends Serve
 		<-s.stop
-		hs.Close() // leaves hijacked connections alone: Close ends those itself
+		hs.Close() // leaves hijacked connections alone: Close ends those
 	}()
 	if ready != nil {
-		_, port, _ := net.SplitHostPort(ln.Addr().String())
-		ready(port)
+		ready(fmt.Sprint(ln.Addr().(*net.TCPAddr).Port))
 	}
 	if err := hs.Serve(ln); err != http.ErrServerClosed {
 		return err
 	}
-	<-s.done
-	return nil
+	return s.Close(nil) // waits for the Close in progress
 }
 
-// Close stops accepting connections, sends every peer a close frame, waits
-// for every goroutine of the server to end, then calls done (if not nil).
-// Calling it again waits likewise. It always returns nil.
+// Close stops accepting, sends every peer a close frame, waits for every
+// goroutine of the server to end, then calls done (if not nil). Returns nil.
 func (s *Server) Close(done func()) error {
-	s.closeOnce.Do(func() {
-		s.mu.Lock()
-		s.closed = true
-		s.mu.Unlock()
-		close(s.stop)
-		for _, p := range s.all() {
-			p.drop(errServerClosing)
-		}
-		s.wg.Wait()
-		close(s.done)
-	})
-	<-s.done
+	s.mu.Lock()
+	first := !s.closed
+	s.closed = true
+	s.mu.Unlock()
+	if first {
+		close(s.stop) // the pinger then drops every peer
+	}
+	s.wg.Wait()
 	if done != nil {
 		done()
 	}
 	return nil
 }
 
-// frame is one received WebSocket frame.
 type frame struct {
 	data   []byte
 	binary bool
 }
 
-// frameCodec receives a frame and whether it was binary, which x/net's
-// stock Message codec does not tell.
-var frameCodec = websocket.Codec{Unmarshal: func(data []byte, payloadType byte, v any) error {
-	*v.(*frame) = frame{data, payloadType != websocket.TextFrame}
-	return nil
-}}
+// codec sends a []byte as a text frame, or nil as a ping (x/net has no ping
+// call; changing Conn.PayloadType while another goroutine writes is a race),
+// and receives a frame with its kind, which x/net's Message codec hides.
+var codec = websocket.Codec{
+	Marshal: func(v any) ([]byte, byte, error) {
+		if msg := v.([]byte); msg != nil {
+			return msg, websocket.TextFrame, nil
+		}
+		return nil, websocket.PingFrame, nil
+	},
+	Unmarshal: func(data []byte, payloadType byte, v any) error {
+		*v.(*frame) = frame{data, payloadType != websocket.TextFrame}
+		return nil
+	},
+}
 
-// pingCodec sends a ping frame. x/net has no ping call, and setting
-// Conn.PayloadType while another goroutine writes would be a data race.
-var pingCodec = websocket.Codec{Marshal: func(any) ([]byte, byte, error) {
-	return nil, websocket.PingFrame, nil
-}}
-
-// timestampingWriter hands x/net a connection whose every read records the
-// time in seen. x/net handles pongs inside Receive and never shows them, so
-// this is how the pinger sees that a quiet peer is still alive.
-type timestampingWriter struct {
+// liveConn hands x/net a connection whose every read stores the time in seen:
+// x/net takes pongs inside Receive, so this is how a quiet peer shows life.
+type liveConn struct {
 	http.ResponseWriter
-	seen *atomic.Int64
-}
-
-func (w timestampingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	conn, rw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	// Keep what the HTTP server had already read, then read from conn itself.
-	buffered, _ := rw.Reader.Peek(rw.Reader.Buffered())
-	src := io.MultiReader(bytes.NewReader(bytes.Clone(buffered)), conn)
-	rw.Reader = bufio.NewReader(timestampingReader{src, w.seen})
-	return conn, rw, nil
-}
-
-type timestampingReader struct {
 	r    io.Reader
 	seen *atomic.Int64
 }
 
-func (r timestampingReader) Read(b []byte) (int, error) {
-	n, err := r.r.Read(b)
+func (c *liveConn) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, rw, err := http.NewResponseController(c.ResponseWriter).Hijack()
+	if err == nil {
+		c.r, rw.Reader = rw.Reader, bufio.NewReader(c)
+	}
+	return conn, rw, err
+}
+
+func (c *liveConn) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
 	if n > 0 {
-		r.seen.Store(time.Now().UnixNano())
+		c.seen.Store(time.Now().UnixNano())
 	}
 	return n, err
 }
 
-// relayed builds {"type":T,"peerId":FROM,"signal":S} by hand so that S
-// passes through byte for byte: json.Marshal would escape <, > and & in it.
-// typ and from need no escaping: they are known types and server ids.
+// relayed builds {"type":T,"peerId":FROM,"signal":S} by hand so that S passes
+// byte for byte (json.Marshal escapes <, >, &); T and FROM need no escaping.
 func relayed(typ, from string, signal []byte) []byte {
 	b := append(make([]byte, 0, len(signal)+64), `{"type":"`+typ+`","peerId":"`+from+`","signal":`...)
 	return append(append(b, signal...), '}')
@@ -618,23 +527,13 @@ func relayed(typ, from string, signal []byte) []byte {
 var pong = []byte(`{"type":"pong"}`)
 
 func peersMessage(id string, peers []string) []byte {
-	return encode(struct {
-		Type  string   `json:"type"`
-		ID    string   `json:"id"`
-		Peers []string `json:"peers"`
-	}{"peers", id, peers})
+	list, _ := json.Marshal(peers) // cannot fail for strings
+	return []byte(`{"type":"peers","id":"` + id + `","peers":` + string(list) + `}`)
 }
 
 func errorMessage(text string) []byte {
-	return encode(struct {
-		Type  string `json:"type"`
-		Error string `json:"error"`
-	}{"error", text})
-}
-
-func encode(v any) []byte {
-	b, _ := json.Marshal(v) // cannot fail for the server's own messages
-	return b
+	quoted, _ := json.Marshal(text)
+	return []byte(`{"type":"error","error":` + string(quoted) + `}`)
 }
 
 func peerIDs(peers []*Peer) []string {
@@ -652,12 +551,8 @@ func main() {
 	origins := flag.String("origin", "", "comma-separated browser origins allowed (default any)")
 	verbose := flag.Bool("v", false, "also log every relayed offer and answer")
 	flag.Parse()
-
-	opts := Options{Port: *port, PingInterval: *ping, MaxPeers: *maxPeers}
-	if *origins != "" {
-		opts.Origins = strings.Split(*origins, ",")
-	}
-	srv := New(opts)
+	commas := func(r rune) bool { return r == ',' }
+	srv := New(Options{Port: *port, PingInterval: *ping, MaxPeers: *maxPeers, Origins: strings.FieldsFunc(*origins, commas)})
 	srv.Events = Events{
 		Connection: func(p *Peer) { slog.Info("join", "peer", p.ID, "room", p.Room) },
 		Remove:     func(id string) { slog.Info("leave", "peer", id) },
@@ -667,10 +562,8 @@ func main() {
 		srv.Events.Offer = func(p *Peer, _ json.RawMessage) { slog.Info("offer", "from", p.ID) }
 		srv.Events.Answer = func(p *Peer, from string, _ json.RawMessage) { slog.Info("answer", "from", from, "to", p.ID) }
 	}
-
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
-	go func() { <-stop; srv.Close(nil) }() // Run returns once Close is done
+	stop, _ := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	context.AfterFunc(stop, func() { srv.Close(nil) }) // Run returns once Close has finished
 	if err := srv.Run(func(port string) { slog.Info("peero listening", "port", port) }); err != nil {
 		slog.Error("peero", "err", err)
 		os.Exit(1)
