@@ -1,8 +1,7 @@
 // Peero is a WebRTC signaling server: it keeps the list of online peers of
 // each room and passes signals (SDP offers and answers, ICE candidates)
-// between them. All real traffic then flows peer to peer.
-//
-// Usage: go run main.go [-port 8080] [-ping 20s] [-max-peers 10000] [-origin https://a.example,…] [-v]
+// between them. All real traffic then flows peer to peer. Run it with
+// go run main.go [-port 8080] [-ping 20s] [-max-peers 10000] [-origin https://a.example,…] [-v].
 //
 // Peers connect with a WebSocket to ws://HOST:8080/ROOM; the URL path names
 // the room. Every message, both ways, is one text frame holding one JSON
@@ -46,14 +45,9 @@ import (
 	"golang.org/x/net/websocket"
 )
 
-// maxQueuedBytes bounds what may wait for one peer: a burst of hundreds of
-// signals is normal, megabytes mean that the peer has stopped reading.
+// maxQueuedBytes bounds what may wait for one peer: bursts of hundreds of
+// signals are normal; megabytes mean that the peer has stopped reading.
 const maxQueuedBytes = 4 << 20
-
-var (
-	errLeft          = errors.New("left")           // a normal leave
-	errServerClosing = errors.New("server closing") // Close; like errLeft, not an Events.Error
-)
 
 // Options configures a Server. A zero field means its default.
 type Options struct {
@@ -61,14 +55,13 @@ type Options struct {
 	MaxMessageBytes int           // largest frame accepted; default 64 KiB
 	MaxPeers        int           // over all rooms; default 10000
 	PingInterval    time.Duration // how often peers are pinged; default 20s
-	WriteTimeout    time.Duration // how long one write to a peer may take; default 10s
+	WriteTimeout    time.Duration // how long sending what waits for a peer may take; default 10s
 	Origins         []string      // browser Origin values allowed; empty allows any. A request with no Origin header (not a browser) is always allowed.
 }
 
-// Events lets a program watch the server, like the original Node.js Peero's
-// events. Any hook may be nil. Hooks run without the server's lock held,
-// possibly from several goroutines at once, and must not call Close. For each
-// peer, Connection, Peers and Announce come first; Remove comes once, last.
+// Events lets a program watch the server, like the original Node.js Peero's events. Any hook may
+// be nil. Hooks run without the server's lock, maybe from several goroutines at once, and must not
+// call Close. For each peer, Connection, Peers and Announce come first; Remove comes once, last.
 type Events struct {
 	Connection func(p *Peer)                                        // p connected and joined its room (before its peers list is sent)
 	Message    func(p *Peer, message []byte)                        // any message received from p, before it is handled, bad ones included
@@ -82,17 +75,16 @@ type Events struct {
 
 // Peer is one connected client.
 type Peer struct {
-	ID   string // assigned by the server: 128 random bits as text, never reused
-	Room string // the URL path the peer connected to
-
+	ID       string // assigned by the server: 128 random bits as text, never reused
+	Room     string // the URL path the peer connected to
 	srv      *Server
 	conn     *websocket.Conn
-	lastSeen atomic.Int64 // UnixNano of the last bytes read from the peer, pongs included
+	lastSeen atomic.Int64  // UnixNano of the last bytes read from the peer, pongs included
+	wake     chan struct{} // buffered (1): the writer has something to look at
 
 	mu      sync.Mutex // guards the fields below
-	queue   [][]byte   // messages waiting for the writer, oldest first; nil stands for a ping
+	queue   [][]byte   // messages waiting for the writer, oldest first
 	queued  int        // bytes queued or being written
-	writing bool       // a writer goroutine owns the queue
 	dropped error      // why the peer is leaving, once it is: nothing more is queued then
 }
 
@@ -100,34 +92,32 @@ type Peer struct {
 // call Run or mount it as an http.Handler. Call Close when finished.
 type Server struct {
 	Events Events // set before serving
+	opts   Options
+	wg     sync.WaitGroup     // counts read loops and writers, for Close
+	stop   context.Context    // done once Close has begun
+	cancel context.CancelFunc // called by Close, under mu
 
-	opts Options
-	wg   sync.WaitGroup // counts read loops, writers and the pinger, for Close
-	stop chan struct{}  // closed by Close to end the pinger and Run
-
-	mu     sync.Mutex                  // guards the fields below
-	rooms  map[string]map[string]*Peer // room -> peer id -> peer; a room goes with its last peer
-	count  int                         // peers in all rooms
-	closed bool
+	mu    sync.Mutex         // guards the fields below
+	rooms map[string][]*Peer // room -> its peers; join and leave replace a room's slice, never change it, so readers may keep one
+	count int                // peers in all rooms
 }
 
-// New returns a Server with opts, defaults filled in, and starts its pinger.
+// New returns a Server with opts, defaults filled in.
 func New(opts Options) *Server {
 	opts.Port = cmp.Or(opts.Port, "8080")
 	opts.MaxMessageBytes = cmp.Or(opts.MaxMessageBytes, 64<<10)
 	opts.MaxPeers = cmp.Or(opts.MaxPeers, 10000)
 	opts.PingInterval = cmp.Or(opts.PingInterval, 20*time.Second)
 	opts.WriteTimeout = cmp.Or(opts.WriteTimeout, 10*time.Second)
-	s := &Server{opts: opts, stop: make(chan struct{}), rooms: make(map[string]map[string]*Peer)}
-	s.wg.Add(1)
-	go s.pingLoop()
+	s := &Server{opts: opts, rooms: make(map[string][]*Peer)}
+	s.stop, s.cancel = context.WithCancel(context.Background())
 	return s
 }
 
 // ServeHTTP upgrades r to a WebSocket and serves the peer until it leaves.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
-	closed := s.closed
+	closed := s.stop.Err() != nil
 	if !closed {
 		s.wg.Add(1) // under the lock, so that Close cannot begin waiting first
 		defer s.wg.Done()
@@ -142,24 +132,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "peero: this is a WebRTC signaling server; connect with a WebSocket to ws://HOST/ROOM", http.StatusUpgradeRequired)
 		return
 	}
-	p := &Peer{ID: rand.Text(), Room: r.URL.Path, srv: s}
+	p := &Peer{ID: rand.Text(), Room: r.URL.Path, srv: s, wake: make(chan struct{}, 1)}
 	p.lastSeen.Store(time.Now().UnixNano())
+	if o := r.Header.Get("Origin"); o != "" && len(s.opts.Origins) > 0 && !slices.Contains(s.opts.Origins, o) {
+		http.Error(w, "peero: origin not allowed", http.StatusForbidden)
+		return
+	}
 	// Not websocket.Handler: it refuses clients with no Origin, and file:// pages.
-	ws := websocket.Server{Handshake: func(_ *websocket.Config, r *http.Request) error {
-		if o := r.Header.Get("Origin"); o != "" && len(s.opts.Origins) > 0 && !slices.Contains(s.opts.Origins, o) {
-			return fmt.Errorf("origin %q not allowed", o)
-		}
-		return nil
-	}, Handler: func(c *websocket.Conn) {
-		c.MaxPayloadBytes = s.opts.MaxMessageBytes
-		p.conn = c
+	ws := websocket.Server{Handler: func(c *websocket.Conn) {
+		p.conn, c.MaxPayloadBytes = c, s.opts.MaxMessageBytes
 		s.serve(p)
 	}}
 	ws.ServeHTTP(&liveConn{ResponseWriter: w, seen: &p.lastSeen}, r)
 }
 
-// serve is p's read loop, on the request's goroutine: it joins p to its room,
-// handles its messages in order, then removes p and closes the connection.
+// serve is p's read loop: it joins p, handles its messages in order, then removes p.
 func (s *Server) serve(p *Peer) {
 	others, err := s.join(p)
 	if err != nil {
@@ -170,11 +157,11 @@ func (s *Server) serve(p *Peer) {
 		s.Events.Connection(p)
 	}
 	s.wg.Add(1)
-	go p.write() // join queued p's peers list but held the writer back until now
+	go p.write() // join queued p's peers list; it goes out now, after Connection
 	if s.Events.Peers != nil {
 		s.Events.Peers(p, peerIDs(others))
 	}
-	sendAll(others, []byte(`{"type":"announce","peerId":"`+p.ID+`"}`)) // ids need no escaping
+	sendAll(others, nil, []byte(`{"type":"announce","peerId":"`+p.ID+`"}`)) // ids need no escaping
 	if s.Events.Announce != nil {
 		s.Events.Announce(p)
 	}
@@ -190,79 +177,74 @@ func (s *Server) serve(p *Peer) {
 		if s.Events.Message != nil {
 			s.Events.Message(p, f.data)
 		}
-		m, err := parse(f)
+		typ, peerID, signal, err := parse(f)
 		switch {
 		case err != nil:
-		case m.Type == "ping":
-			p.send(pong)
-		case m.Type == "peers":
-			ids := peerIDs(s.others(p, ""))
+			p.send(errorMessage(err.Error()))
+		case typ == "ping":
+			p.send([]byte(`{"type":"pong"}`))
+		case typ == "peers":
+			ids := slices.DeleteFunc(peerIDs(s.room(p)), func(id string) bool { return id == p.ID })
 			p.send(peersMessage(p.ID, ids))
 			if s.Events.Peers != nil {
 				s.Events.Peers(p, ids)
 			}
 		default: // offer, answer or candidate: relayed with p as the sender
-			to := s.others(p, m.PeerID)
-			if m.PeerID != "" && len(to) == 0 {
-				err = fmt.Errorf("no peer %q in this room", m.PeerID)
-				break
+			to := s.room(p)
+			if peerID != "" {
+				i := slices.IndexFunc(to, func(o *Peer) bool { return o.ID == peerID && o != p })
+				if i < 0 {
+					p.send(errorMessage(fmt.Sprintf("no peer %q in this room", peerID)))
+					break
+				}
+				to = to[i : i+1]
 			}
-			sendAll(to, relayed(m.Type, p.ID, m.Signal))
-			if m.Type == "offer" && s.Events.Offer != nil {
-				s.Events.Offer(p, m.Signal)
+			sendAll(to, p, relayed(typ, p.ID, signal))
+			if typ == "offer" && s.Events.Offer != nil {
+				s.Events.Offer(p, signal)
 			}
-			if m.Type == "answer" && s.Events.Answer != nil {
-				s.Events.Answer(to[0], p.ID, m.Signal)
+			if typ == "answer" && s.Events.Answer != nil {
+				s.Events.Answer(to[0], p.ID, signal)
 			}
-		}
-		if err != nil {
-			p.send(errorMessage(err.Error()))
 		}
 	}
-	if reason := p.drop(errLeft); reason != errLeft && reason != errServerClosing && s.Events.Error != nil {
+	if reason := p.drop(io.EOF); reason != io.EOF && reason != context.Canceled && s.Events.Error != nil {
 		s.Events.Error(reason, p)
 	}
-	sendAll(s.leave(p), []byte(`{"type":"remove","peerId":"`+p.ID+`"}`))
+	sendAll(s.leave(p), nil, []byte(`{"type":"remove","peerId":"`+p.ID+`"}`))
 	if s.Events.Remove != nil {
 		s.Events.Remove(p.ID)
 	}
 	p.closeConn(last)
 }
 
-// message is a client message that parse has checked.
-type message struct {
-	Type   string          // "peers", "ping", "offer", "answer" or "candidate"
-	PeerID string          // the recipient; "" if absent (an offer to the whole room)
-	Signal json.RawMessage // present and not null for offer, answer and candidate
-}
-
-// parse checks a frame against the protocol, all but whether PeerID is in
-// the sender's room, which only the server can tell.
-func parse(f frame) (m message, err error) {
+// parse checks a frame against the protocol, all but whether peerID is in the
+// room: typ is a client type; offer, answer and candidate have a signal, and
+// all but offer a peerID (the recipient).
+func parse(f frame) (typ, peerID string, signal json.RawMessage, err error) {
 	var fields map[string]json.RawMessage // not a struct: encoding/json matches struct fields case-insensitively
 	switch {
 	case f.binary:
-		return m, errors.New("binary frames are not accepted; send JSON as text")
+		return "", "", nil, errors.New("binary frames are not accepted; send JSON as text")
 	case !utf8.Valid(f.data):
-		return m, errors.New("message is not valid UTF-8")
+		return "", "", nil, errors.New("message is not valid UTF-8")
 	case json.Unmarshal(f.data, &fields) != nil || fields == nil:
-		return m, errors.New("message is not a JSON object")
+		return "", "", nil, errors.New("message is not a JSON object")
 	}
-	if m.Type, err = jsonString(fields, "type", true); err != nil || m.Type == "ping" || m.Type == "peers" {
-		return m, err
+	if typ, err = jsonString(fields, "type", true); err != nil || typ == "ping" || typ == "peers" {
+		return typ, "", nil, err
 	}
-	if m.Type != "offer" && m.Type != "answer" && m.Type != "candidate" {
-		return m, fmt.Errorf("unknown message type %q", m.Type)
+	if typ != "offer" && typ != "answer" && typ != "candidate" {
+		return typ, "", nil, fmt.Errorf("unknown message type %q", typ)
 	}
-	if m.Signal = fields["signal"]; m.Signal == nil || string(m.Signal) == "null" {
-		return m, fmt.Errorf("%s needs a signal", m.Type)
+	if signal = fields["signal"]; signal == nil || string(signal) == "null" {
+		return typ, "", nil, fmt.Errorf("%s needs a signal", typ)
 	}
-	m.PeerID, err = jsonString(fields, "peerId", m.Type != "offer")
-	return m, err
+	peerID, err = jsonString(fields, "peerId", typ != "offer")
+	return typ, peerID, signal, err
 }
 
-// jsonString returns fields[key] if it is a JSON string that is not empty,
-// "" if it is absent and not required, or else an error.
+// jsonString returns fields[key], a JSON string that is not empty, or "" if it is absent and not required.
 func jsonString(fields map[string]json.RawMessage, key string, required bool) (s string, err error) {
 	raw, ok := fields[key]
 	if ok && (raw[0] != '"' || json.Unmarshal(raw, &s) != nil || s == "") || !ok && required {
@@ -271,111 +253,95 @@ func jsonString(fields map[string]json.RawMessage, key string, required bool) (s
 	return s, err
 }
 
-// join adds p to its room with its peers list queued as its first message, and
-// returns the others of the room: those that list names, to be told of p.
+// join adds p to its room, queues its peers list, and returns the peers it names.
 func (s *Server) join(p *Peer) ([]*Peer, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return nil, errServerClosing
+	if s.stop.Err() != nil {
+		return nil, errors.New("server closing")
 	}
 	if s.count >= s.opts.MaxPeers {
 		return nil, errors.New("server full")
 	}
-	if s.rooms[p.Room] == nil {
-		s.rooms[p.Room] = make(map[string]*Peer)
-	}
-	others := peersIn(s.rooms[p.Room], nil)
-	s.rooms[p.Room][p.ID] = p
+	others := s.rooms[p.Room]
+	s.rooms[p.Room] = append(slices.Clip(others), p) // Clip: append must copy, not change others
 	s.count++
 	// No one else can see p before s.mu is released: its queue needs no lock yet.
-	p.queue, p.writing = [][]byte{peersMessage(p.ID, peerIDs(others))}, true
+	p.queue = [][]byte{peersMessage(p.ID, peerIDs(others))}
+	p.nudge()
 	return others, nil
 }
 
-func (s *Server) leave(p *Peer) (others []*Peer) {
+func (s *Server) leave(p *Peer) []*Peer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.rooms[p.Room], p.ID)
-	if s.count--; len(s.rooms[p.Room]) == 0 {
+	others := slices.DeleteFunc(slices.Clone(s.rooms[p.Room]), func(o *Peer) bool { return o == p })
+	if s.rooms[p.Room], s.count = others, s.count-1; len(others) == 0 {
 		delete(s.rooms, p.Room)
 	}
-	return peersIn(s.rooms[p.Room], nil)
+	return others
 }
 
-// others returns the peers of p's room but p or, if id is not "", the one
-// with that id; none if it is not there or is p.
-func (s *Server) others(p *Peer, id string) []*Peer {
+func (s *Server) room(p *Peer) []*Peer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if to := s.rooms[p.Room][id]; id != "" && to != nil && to != p {
-		return []*Peer{to}
-	} else if id != "" {
-		return nil
-	}
-	return peersIn(s.rooms[p.Room], p)
+	return s.rooms[p.Room] // p included
 }
 
-func (s *Server) all() (peers []*Peer) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, room := range s.rooms {
-		peers = append(peers, peersIn(room, nil)...)
-	}
-	return peers
-}
-
-func peersIn(room map[string]*Peer, except *Peer) []*Peer {
-	peers := make([]*Peer, 0, len(room))
-	for _, p := range room {
+func sendAll(peers []*Peer, except *Peer, msg []byte) {
+	for _, p := range peers {
 		if p != except {
-			peers = append(peers, p)
+			p.send(msg)
 		}
 	}
-	return peers
 }
 
-func sendAll(peers []*Peer, msg []byte) {
-	for _, p := range peers {
-		p.send(msg)
-	}
-}
-
-// send queues msg (nil for a ping) for p and starts p's writer if none runs.
-// It never blocks; if more than maxQueuedBytes would wait, it drops p instead.
+// send queues msg for p's writer, or drops p if too much would wait. It never blocks.
 func (p *Peer) send(msg []byte) {
 	p.mu.Lock()
 	full := p.queued+len(msg) > maxQueuedBytes
-	ok, start := p.dropped == nil && !full, p.dropped == nil && !full && !p.writing
-	if ok {
-		p.queue, p.queued, p.writing = append(p.queue, msg), p.queued+len(msg), true
+	if p.dropped == nil && !full {
+		p.queue, p.queued = append(p.queue, msg), p.queued+len(msg)
 	}
 	p.mu.Unlock()
 	if full {
 		p.drop(errors.New("more than 4 MiB waiting to be sent"))
 	}
-	if start {
-		p.srv.wg.Add(1) // the caller is counted too, so Close is still waiting
-		go p.write()
+	p.nudge()
+}
+
+func (p *Peer) nudge() {
+	select {
+	case p.wake <- struct{}{}:
+	default: // a nudge is pending already
 	}
 }
 
-// write is p's writer goroutine: send starts it, and it returns once the queue
-// is empty or p is dropped. One at most runs per peer, so order is kept.
+// write is p's writer goroutine, started by serve and ended by drop: it sends
+// the queue in order and pings p each interval, dropping it if silent for two.
 func (p *Peer) write() {
 	defer p.srv.wg.Done()
+	ticker := time.NewTicker(p.srv.opts.PingInterval)
+	defer ticker.Stop()
 	for {
+		select {
+		case <-p.wake:
+		case now := <-ticker.C:
+			if now.UnixNano()-p.lastSeen.Load() > int64(2*p.srv.opts.PingInterval) {
+				p.drop(errors.New("nothing received for two ping intervals"))
+			}
+			p.send(nil) // a ping: see codec
+		}
 		p.mu.Lock()
-		batch := p.queue
-		p.queue, p.writing = nil, len(batch) > 0 && p.dropped == nil
-		writing := p.writing
+		batch, dropped := p.queue, p.dropped != nil
+		p.queue = nil
 		p.mu.Unlock()
-		if !writing {
+		if dropped {
 			return
 		}
 		n := 0
+		p.conn.SetWriteDeadline(time.Now().Add(p.srv.opts.WriteTimeout)) // per batch, so a drop's deadline sticks
 		for _, msg := range batch {
-			p.conn.SetWriteDeadline(time.Now().Add(p.srv.opts.WriteTimeout))
 			if err := codec.Send(p.conn, msg); err != nil {
 				p.drop(fmt.Errorf("send to %s: %w", p.ID, err))
 				return
@@ -388,14 +354,14 @@ func (p *Peer) write() {
 	}
 }
 
-// drop ends p's traffic and wakes its read loop, which then leaves the room.
-// It returns the first reason given.
+// drop ends p's traffic and wakes its read loop and writer. It returns the first reason given.
 func (p *Peer) drop(reason error) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.dropped == nil {
 		p.dropped, p.queue = reason, nil
 		p.conn.SetDeadline(time.Now()) // not I/O: it wakes the blocked read and write
+		p.nudge()
 	}
 	return p.dropped
 }
@@ -409,43 +375,14 @@ func (p *Peer) closeConn(last []byte) {
 	p.conn.Close()
 }
 
-// pingLoop, started by New, pings every peer each interval and drops those
-// silent for two (browsers answer pings by themselves); on Close it drops all.
-func (s *Server) pingLoop() {
-	defer s.wg.Done()
-	ticker := time.NewTicker(s.opts.PingInterval)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-s.stop:
-			for _, p := range s.all() {
-				p.drop(errServerClosing)
-			}
-			return
-		case now := <-ticker.C:
-			for _, p := range s.all() {
-				if now.UnixNano()-p.lastSeen.Load() > int64(2*s.opts.PingInterval) {
-					p.drop(errors.New("nothing received for two ping intervals"))
-				} else {
-					p.send(nil)
-				}
-			}
-		}
-	}
-}
-
-// Run listens on Options.Port, calls ready (if not nil) with the real port,
-// and serves until Close has finished; then it returns nil.
+// Run listens on Options.Port, calls ready (if not nil) with the real port, and serves until Close.
 func (s *Server) Run(ready func(port string)) error {
 	ln, err := net.Listen("tcp", ":"+s.opts.Port)
 	if err != nil {
 		return err
 	}
 	hs := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
-	go func() { // ended by Close, which so ends Serve
-		<-s.stop
-		hs.Close() // leaves hijacked connections alone: Close ends those
-	}()
+	context.AfterFunc(s.stop, func() { hs.Close() }) // it leaves hijacked connections to Close
 	if ready != nil {
 		ready(fmt.Sprint(ln.Addr().(*net.TCPAddr).Port))
 	}
@@ -455,15 +392,17 @@ func (s *Server) Run(ready func(port string)) error {
 	return s.Close(nil) // waits for the Close in progress
 }
 
-// Close stops accepting, sends every peer a close frame, waits for every
-// goroutine of the server to end, then calls done (if not nil). Returns nil.
+// Close stops accepting, closes every peer, waits for all goroutines to end, then calls done.
 func (s *Server) Close(done func()) error {
 	s.mu.Lock()
-	first := !s.closed
-	s.closed = true
+	s.cancel()
+	var peers []*Peer
+	for _, room := range s.rooms {
+		peers = append(peers, room...)
+	}
 	s.mu.Unlock()
-	if first {
-		close(s.stop) // the pinger then drops every peer
+	for _, p := range peers {
+		p.drop(context.Canceled)
 	}
 	s.wg.Wait()
 	if done != nil {
@@ -477,8 +416,7 @@ type frame struct {
 	binary bool
 }
 
-// codec sends a []byte as a text frame, or nil as a ping (x/net has no ping
-// call; changing Conn.PayloadType while another goroutine writes is a race),
+// codec sends a []byte as a text frame, or nil as a ping (x/net has no ping call),
 // and receives a frame with its kind, which x/net's Message codec hides.
 var codec = websocket.Codec{
 	Marshal: func(v any) ([]byte, byte, error) {
@@ -493,8 +431,7 @@ var codec = websocket.Codec{
 	},
 }
 
-// liveConn hands x/net a connection whose every read stores the time in seen:
-// x/net takes pongs inside Receive, so this is how a quiet peer shows life.
+// liveConn's reads store the time in seen: x/net hides pongs, yet they show life.
 type liveConn struct {
 	http.ResponseWriter
 	r    io.Reader
@@ -510,21 +447,14 @@ func (c *liveConn) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 }
 
 func (c *liveConn) Read(b []byte) (int, error) {
-	n, err := c.r.Read(b)
-	if n > 0 {
-		c.seen.Store(time.Now().UnixNano())
-	}
-	return n, err
+	defer func() { c.seen.Store(time.Now().UnixNano()) }() // as the read returns: the peer sent something, or is gone
+	return c.r.Read(b)
 }
 
-// relayed builds {"type":T,"peerId":FROM,"signal":S} by hand so that S passes
-// byte for byte (json.Marshal escapes <, >, &); T and FROM need no escaping.
+// relayed builds {"type":T,"peerId":FROM,"signal":S} by hand: json.Marshal would re-escape S.
 func relayed(typ, from string, signal []byte) []byte {
-	b := append(make([]byte, 0, len(signal)+64), `{"type":"`+typ+`","peerId":"`+from+`","signal":`...)
-	return append(append(b, signal...), '}')
+	return append(append(append(make([]byte, 0, len(signal)+64), `{"type":"`+typ+`","peerId":"`+from+`","signal":`...), signal...), '}')
 }
-
-var pong = []byte(`{"type":"pong"}`)
 
 func peersMessage(id string, peers []string) []byte {
 	list, _ := json.Marshal(peers) // cannot fail for strings
@@ -551,8 +481,7 @@ func main() {
 	origins := flag.String("origin", "", "comma-separated browser origins allowed (default any)")
 	verbose := flag.Bool("v", false, "also log every relayed offer and answer")
 	flag.Parse()
-	commas := func(r rune) bool { return r == ',' }
-	srv := New(Options{Port: *port, PingInterval: *ping, MaxPeers: *maxPeers, Origins: strings.FieldsFunc(*origins, commas)})
+	srv := New(Options{Port: *port, PingInterval: *ping, MaxPeers: *maxPeers, Origins: strings.FieldsFunc(*origins, func(r rune) bool { return r == ',' })})
 	srv.Events = Events{
 		Connection: func(p *Peer) { slog.Info("join", "peer", p.ID, "room", p.Room) },
 		Remove:     func(id string) { slog.Info("leave", "peer", id) },

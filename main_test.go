@@ -875,7 +875,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte(`{"type":"ping"}`), true)
 	f.Fuzz(func(t *testing.T, data []byte, binary bool) {
-		m, err := parse(frame{data, binary})
+		typ, peerID, signal, err := parse(frame{data, binary})
 		if err != nil {
 			reply := errorMessage(err.Error())
 			if !utf8.Valid(reply) || !json.Valid(reply) {
@@ -886,22 +886,22 @@ func FuzzParse(f *testing.F) {
 		if binary || !utf8.Valid(data) {
 			t.Fatalf("accepted a binary or non-UTF-8 frame %q", data)
 		}
-		switch m.Type {
+		switch typ {
 		case "ping", "peers":
 			return
 		case "offer", "answer", "candidate":
 		default:
-			t.Fatalf("accepted type %q", m.Type)
+			t.Fatalf("accepted type %q", typ)
 		}
-		if m.PeerID == "" && m.Type != "offer" {
-			t.Fatalf("accepted %s without peerId: %q", m.Type, data)
+		if peerID == "" && typ != "offer" {
+			t.Fatalf("accepted %s without peerId: %q", typ, data)
 		}
-		out := relayed(m.Type, "SENDER", m.Signal)
+		out := relayed(typ, "SENDER", signal)
 		var fields map[string]json.RawMessage
 		if err := json.Unmarshal(out, &fields); err != nil {
 			t.Fatalf("relayed %q is not a JSON object: %v", out, err)
 		}
-		if len(fields) != 3 || string(fields["peerId"]) != `"SENDER"` || !bytes.Equal(fields["signal"], m.Signal) || string(fields["signal"]) == "null" {
+		if len(fields) != 3 || string(fields["peerId"]) != `"SENDER"` || !bytes.Equal(fields["signal"], signal) || string(fields["signal"]) == "null" {
 			t.Fatalf("relayed %q from %q; want type, peerId and the signal unchanged", out, data)
 		}
 	})
