@@ -1,0 +1,382 @@
+// Package e2e drives real WebRTC peers (Chromium tabs running client/peero.js,
+// and pion peers) through a real Peero process. It lives in its own module so
+// that chromedp and pion stay out of the root module.
+//
+// Run it with `cd e2e && go test ./...`. It needs Chromium at
+// /usr/bin/chromium (apt-get install chromium) and the right to create a
+// network namespace: TestMain re-runs the tests inside a fresh one whose only
+// interface is loopback, so WebRTC can gather nothing but 127.0.0.1.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/browser"
+	"github.com/chromedp/chromedp"
+	"golang.org/x/sys/unix"
+)
+
+// testTimeout bounds each test: real connections take a second or two.
+const testTimeout = 30 * time.Second
+
+var (
+	peeroBin   = os.Getenv("PEERO_BIN") // the server, built by TestMain before entering the namespace
+	skipReason string                   // why the tests cannot run here; they skip with it
+)
+
+// TestMain builds peero, then runs the tests again in a new user and network
+// namespace in which only lo exists, and exits with their result. With
+// PEERO_E2E_REQUIRE set (as in CI), failing to make the namespace fails the
+// run instead of skipping every test.
+func TestMain(m *testing.M) {
+	if os.Getenv("PEERO_E2E_IN_NETNS") == "1" {
+		if err := onlyLoopback(); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			os.Exit(1)
+		}
+		os.Exit(m.Run())
+	}
+	os.Exit(runInNamespace(m))
+}
+
+func runInNamespace(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "peero-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "peero")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Dir = ".." // the root module: the real main.go
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: building peero:", err)
+		return 1
+	}
+	if _, err := os.Stat(chromium); err != nil {
+		return cannotRun(m, fmt.Sprintf("no Chromium at %s (apt-get install chromium): %v", chromium, err))
+	}
+
+	cmd := exec.Command("/proc/self/exe", os.Args[1:]...)
+	cmd.Env = append(os.Environ(), "PEERO_E2E_IN_NETNS=1", "PEERO_BIN="+bin)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:                 syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
+		UidMappings:                []syscall.SysProcIDMap{{ContainerID: os.Getuid(), HostID: os.Getuid(), Size: 1}},
+		GidMappings:                []syscall.SysProcIDMap{{ContainerID: os.Getgid(), HostID: os.Getgid(), Size: 1}},
+		GidMappingsEnableSetgroups: false,
+	}
+	err = cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &exit):
+		return exit.ExitCode()
+	default:
+		return cannotRun(m, fmt.Sprintf("cannot create a network namespace (%v); these tests must run where only loopback exists", err))
+	}
+}
+
+// cannotRun says loudly why the tests cannot run, and fails if they must.
+func cannotRun(m *testing.M, reason string) int {
+	fmt.Fprintln(os.Stderr, "e2e: NOT RUN:", reason)
+	if os.Getenv("PEERO_E2E_REQUIRE") != "" {
+		return 1
+	}
+	skipReason = reason
+	return m.Run()
+}
+
+// onlyLoopback brings lo up in the new namespace and checks that nothing else is there.
+func onlyLoopback() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("read lo flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bring lo up: %w", err)
+	}
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return err
+	}
+	if len(ifaces) != 1 || ifaces[0].Name != "lo" {
+		return fmt.Errorf("the namespace has interfaces %v; want only lo", ifaces)
+	}
+	return nil
+}
+
+// setup skips if the tests cannot run here and returns the test's context.
+func setup(t *testing.T) context.Context {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// logBuffer collects lines from several goroutines, to print when a test fails.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Printf(format string, args ...any) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	fmt.Fprintf(&b.buf, format+"\n", args...)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// startServer runs the real peero binary on a free port and returns its
+// ws:// base URL. Its log is printed if the test fails; it gets SIGTERM, and
+// must exit 0, when the test ends.
+func startServer(t *testing.T) string {
+	t.Helper()
+	cmd := exec.Command(peeroBin, "-port", "0")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	log := &logBuffer{}
+	ports := make(chan string, 1)
+	copied := make(chan struct{})
+	go func() { // ends when the server exits and closes its stderr
+		defer close(copied)
+		portRE := regexp.MustCompile(`peero listening port=(\d+)`)
+		for sc := bufio.NewScanner(stderr); sc.Scan(); {
+			log.Printf("%s", sc.Text())
+			if m := portRE.FindStringSubmatch(sc.Text()); m != nil {
+				ports <- m[1]
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		exited := make(chan error, 1)
+		go func() { <-copied; exited <- cmd.Wait() }()
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("peero exited with %v after SIGTERM; want 0", err)
+			}
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			t.Errorf("peero still running 5 s after SIGTERM")
+		}
+		if t.Failed() {
+			t.Logf("server log:\n%s", log)
+		}
+	})
+	select {
+	case port := <-ports:
+		return "ws://127.0.0.1:" + port
+	case <-time.After(10 * time.Second):
+		t.Fatalf("peero did not say which port it listens on; its log:\n%s", log)
+		return ""
+	}
+}
+
+// testPage loads the reference client and records its events in window.events.
+const testPage = `<!doctype html>
+<meta charset="utf-8">
+<link rel="icon" href="data:,">
+<script src="/peero.js"></script>
+<script>
+  window.events = [];
+  const room = new Peero(new URLSearchParams(location.search).get("ws"));
+  for (const type of ["ready", "join", "state", "open", "message", "leave", "error"]) {
+    room.addEventListener(type, (e) => {
+      events.push({ type, ...e.detail });
+      console.log("peero event", type, JSON.stringify(e.detail));
+    });
+  }
+</script>`
+
+// servePages serves client/ and the test page over HTTP on loopback and
+// returns the base URL; pages need an http origin to be granted the
+// permission that makes Chromium gather loopback candidates.
+func servePages(t *testing.T) string {
+	t.Helper()
+	mux := http.NewServeMux()
+	mux.Handle("/", http.FileServer(http.Dir("../client")))
+	mux.HandleFunc("/test.html", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Write([]byte(testPage))
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+const chromium = "/usr/bin/chromium"
+
+// browserSession is one headless Chromium process; its tabs share it.
+type browserSession struct {
+	t       *testing.T
+	ctx     context.Context // the first tab's context; new tabs derive from it
+	console *logBuffer
+	used    bool // whether the first tab has been handed out
+}
+
+// newBrowser starts Chromium with the flags of ../shared/WEBRTC-TESTING.md
+// and grants origin ("" for every origin, file:// pages included) the
+// microphone permission, without which Chromium offers no loopback
+// candidates. Its consoles are printed if the test fails.
+func newBrowser(t *testing.T, ctx context.Context, origin string) *browserSession {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("allow-loopback-in-peer-connection", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Env("TMPDIR="+t.TempDir()), // Chromium leaves directories behind in TMPDIR
+	)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
+	tabCtx, cancelTab := chromedp.NewContext(allocCtx)
+	b := &browserSession{t: t, ctx: tabCtx, console: &logBuffer{}}
+	t.Cleanup(func() {
+		cancelTab()
+		cancelAlloc()
+		if t.Failed() {
+			t.Logf("browser console:\n%s", b.console)
+		}
+	})
+	if err := chromedp.Do(tabCtx, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatalf("start Chromium: %v", err)
+	}
+	_, err := chromedp.CallBrowser(tabCtx, browser.SetPermission, browser.SetPermissionParams{
+		Permission: &browser.PermissionDescriptor{Name: "microphone"},
+		Setting:    browser.PermissionSettingGranted,
+		Origin:     origin,
+	})
+	if err != nil {
+		t.Fatalf("grant the microphone permission: %v", err)
+	}
+	return b
+}
+
+// tab is one page of a browser.
+type tab struct {
+	t      *testing.T
+	name   string
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// open opens url in a new tab (the first call uses the browser's first tab)
+// and records the tab's console under name.
+func (b *browserSession) open(name, url string) *tab {
+	b.t.Helper()
+	ctx, cancel := b.ctx, context.CancelFunc(func() {})
+	if b.used {
+		ctx, cancel = chromedp.NewContext(b.ctx)
+		// A new tab's target exists only after its first action.
+		if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
+			b.t.Fatalf("tab %s: %v", name, err)
+		}
+	}
+	b.used = true
+	tb := &tab{t: b.t, name: name, ctx: ctx, cancel: cancel}
+	console := chromedp.Console(ctx)
+	go func() { // ends when the tab's context ends
+		for m, err := range console {
+			if err != nil {
+				return
+			}
+			b.console.Printf("[%s] %s", name, m)
+		}
+	}()
+	// WaitReady: later evaluations must not race the old page's context away.
+	if err := chromedp.Do(ctx, chromedp.Navigate(url), chromedp.WaitReady(chromedp.CSS("body"))); err != nil {
+		b.t.Fatalf("tab %s: open %s: %v", name, url, err)
+	}
+	return tb
+}
+
+// waitFor polls the JavaScript expression js in the tab until it is true.
+func (tb *tab) waitFor(what, js string) {
+	tb.t.Helper()
+	_, err := chromedp.Run(tb.ctx, chromedp.Poll[bool](js, chromedp.WithPollingInterval(50*time.Millisecond)))
+	if err != nil {
+		tb.t.Fatalf("tab %s: waiting for %s (%s): %v", tb.name, what, js, err)
+	}
+}
+
+// eval evaluates js in the tab, awaiting it if it is a promise.
+func eval[T any](tb *tab, js string) T {
+	tb.t.Helper()
+	v, err := chromedp.Run(tb.ctx, chromedp.Evaluate[T](js, chromedp.EvalAwaitPromise))
+	if err != nil {
+		tb.t.Fatalf("tab %s: %s: %v", tb.name, js, err)
+	}
+	return v
+}
+
+// clientTab opens the test page of the reference client in room and returns the tab with its peer id.
+func (b *browserSession) clientTab(name, pages, server, room string) (*tab, string) {
+	b.t.Helper()
+	tb := b.open(name, pages+"/test.html?ws="+server+room)
+	tb.waitFor("its id", `room.id !== null`)
+	return tb, eval[string](tb, `room.id`)
+}
+
+// waitOpen waits until the tab's DataChannel to peer id is open.
+func (tb *tab) waitOpen(id string) {
+	tb.t.Helper()
+	tb.waitFor("a channel open to "+id, fmt.Sprintf(`events.some((e) => e.type === "open" && e.id === %q)`, id))
+}
+
+// waitMessage waits until the tab has had text from peer id.
+func (tb *tab) waitMessage(id, text string) {
+	tb.t.Helper()
+	tb.waitFor(fmt.Sprintf("%q from %s", text, id),
+		fmt.Sprintf(`events.some((e) => e.type === "message" && e.id === %q && e.data === %q)`, id, text))
+}
+
+// send sends text over the tab's channel to peer id, which must be open.
+func (tb *tab) send(id, text string) {
+	tb.t.Helper()
+	if !eval[bool](tb, fmt.Sprintf(`room.send(%q, %q)`, id, text)) {
+		tb.t.Fatalf("tab %s: the channel to %s is not open", tb.name, id)
+	}
+}
