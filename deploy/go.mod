@@ -1,0 +1,3 @@
+module peero/deploy
+
+go 1.26
