@@ -52,14 +52,14 @@ type msg struct {
 }
 
 type client struct {
-	t     *testing.T
+	t     testing.TB
 	conn  *websocket.Conn
 	id    string   // from the first peers message
 	peers []string // from the first peers message
 }
 
 // dial connects a client to base+path and reads its first message, which must be peers.
-func dial(t *testing.T, base, path string) *client {
+func dial(t testing.TB, base, path string) *client {
 	t.Helper()
 	conn, err := websocket.Dial(base+path, "", "http://localhost/")
 	if err != nil {
@@ -993,4 +993,66 @@ func (c *rawConn) readFrame() (opcode byte, payload []byte) {
 		c.t.Fatal(err)
 	}
 	return h[0] & 0x0f, payload
+}
+
+// benchSignal is a 1 KB signal, the size of a typical SDP offer.
+var benchSignal = `{"type":"offer","sdp":"` + strings.Repeat("x", 1000) + `"}`
+
+// BenchmarkRelay measures one targeted offer from a peer to another through
+// the server, client work included.
+func BenchmarkRelay(b *testing.B) {
+	srv := New(Options{})
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+	defer srv.Close(nil)
+	base := "ws" + strings.TrimPrefix(ts.URL, "http")
+	from, to := dial(b, base, "/bench"), dial(b, base, "/bench")
+	from.read() // announce
+	offer := `{"type":"offer","peerId":"` + to.id + `","signal":` + benchSignal + `}`
+	b.SetBytes(int64(len(offer)))
+	b.ReportAllocs()
+	var got string
+	for b.Loop() {
+		websocket.Message.Send(from.conn, offer)
+		if err := websocket.Message.Receive(to.conn, &got); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkBroadcast100 measures one offer to a room of 100 other peers,
+// until all of them have it.
+func BenchmarkBroadcast100(b *testing.B) {
+	srv := New(Options{})
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+	defer srv.Close(nil)
+	base := "ws" + strings.TrimPrefix(ts.URL, "http")
+	sender := dial(b, base, "/bench")
+	arrived := make(chan struct{}, 100)
+	for range 100 {
+		c := dial(b, base, "/bench")
+		go func() { // ends when the server closes the connection
+			for {
+				var m string
+				if websocket.Message.Receive(c.conn, &m) != nil {
+					return
+				}
+				if strings.HasPrefix(m, `{"type":"offer"`) {
+					arrived <- struct{}{}
+				}
+			}
+		}()
+	}
+	for range 100 {
+		sender.read() // announces
+	}
+	offer := `{"type":"offer","signal":` + benchSignal + `}`
+	b.ReportAllocs()
+	for b.Loop() {
+		websocket.Message.Send(sender.conn, offer)
+		for range 100 {
+			<-arrived
+		}
+	}
 }

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// kind is a server under test: each speaks its own protocol.
+type kind string
+
+const (
+	peero  kind = "Peero"
+	peerjs kind = "PeerJS"
+	echo   kind = "x/net echo"
+)
+
+// client is one WebSocket connection of the load generator.
+type client struct {
+	kind kind
+	ws   *websocket.Conn
+	id   string   // its peer id: given by Peero, chosen by the client for PeerJS
+	seen []string // Peero: the ids in its first peers list
+}
+
+// dial connects a client of kind to the server at addr: to room for Peero
+// (ignored by the others). It returns once the server has greeted it.
+func dial(ctx context.Context, k kind, addr, room string) (*client, error) {
+	c := &client{kind: k}
+	url := "ws://" + addr + room
+	if k == peerjs {
+		c.id = rand.Text()
+		url = "ws://" + addr + "/peerjs?key=peerjs&id=" + c.id + "&token=" + rand.Text()[:10]
+	}
+	ws, _, err := websocket.Dial(ctx, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	ws.SetReadLimit(1 << 20)
+	c.ws = ws
+	if k == echo {
+		return c, nil
+	}
+	_, first, err := ws.Read(ctx)
+	if err != nil {
+		ws.CloseNow()
+		return nil, err
+	}
+	var m struct {
+		Type  string   `json:"type"`
+		ID    string   `json:"id"`
+		Peers []string `json:"peers"`
+	}
+	if err := json.Unmarshal(first, &m); err != nil {
+		ws.CloseNow()
+		return nil, err
+	}
+	switch {
+	case k == peero && m.Type == "peers":
+		c.id, c.seen = m.ID, m.Peers
+	case k == peerjs && m.Type == "OPEN":
+	default:
+		ws.CloseNow()
+		return nil, fmt.Errorf("%s greeted with %s", k, first)
+	}
+	return c, nil
+}
+
+// offer builds a targeted offer to peer id carrying payload, in the client's protocol.
+func (c *client) offer(to string, payload []byte) []byte {
+	switch c.kind {
+	case peero:
+		return fmt.Appendf(nil, `{"type":"offer","peerId":%q,"signal":%s}`, to, payload)
+	case peerjs:
+		return fmt.Appendf(nil, `{"type":"OFFER","dst":%q,"payload":%s}`, to, payload)
+	}
+	return payload // the echo server sends it back to us
+}
+
+// broadcast builds an offer to the whole room (Peero only).
+func broadcast(payload []byte) []byte {
+	return fmt.Appendf(nil, `{"type":"offer","signal":%s}`, payload)
+}
+
+func (c *client) write(ctx context.Context, msg []byte) error {
+	return c.ws.Write(ctx, websocket.MessageText, msg)
+}
+
+func (c *client) read(ctx context.Context) ([]byte, error) {
+	_, msg, err := c.ws.Read(ctx)
+	return msg, err
+}
+
+func (c *client) close() { c.ws.CloseNow() }
+
+// signal makes a signal of about size bytes that carries the send time, so
+// that the receiver can tell the latency.
+func signal(size int, now time.Time) []byte {
+	b := fmt.Appendf(nil, `{"ts":%d,"sdp":"`, now.UnixNano())
+	b = append(b, bytes.Repeat([]byte("x"), max(0, size-len(b)-2))...)
+	return append(b, `"}`...)
+}
+
+var tsKey = []byte(`"ts":`)
+
+// sentAt returns the send time carried by a relayed message, if it has one.
+func sentAt(msg []byte) (int64, bool) {
+	i := bytes.Index(msg, tsKey)
+	if i < 0 {
+		return 0, false
+	}
+	rest := msg[i+len(tsKey):]
+	j := bytes.IndexByte(rest, ',')
+	if j < 0 {
+		return 0, false
+	}
+	ts, err := strconv.ParseInt(string(rest[:j]), 10, 64)
+	return ts, err == nil
+}
+
+// peerOf returns the sender id of a relayed message: Peero's peerId, or PeerJS's src.
+func peerOf(k kind, msg []byte) string {
+	key := []byte(`"peerId":"`)
+	if k == peerjs {
+		key = []byte(`"src":"`)
+	}
+	i := bytes.Index(msg, key)
+	if i < 0 {
+		return ""
+	}
+	rest := msg[i+len(key):]
+	return string(rest[:bytes.IndexByte(rest, '"')])
+}

@@ -1,0 +1,177 @@
+// Command bench measures Peero side by side with PeerJS server (npm package
+// "peer") and with a bare golang.org/x/net/websocket echo server, the ceiling
+// of the WebSocket library Peero uses. Run it through run.sh, which installs
+// PeerJS, builds the servers and pins this load generator to one core; each
+// server runs pinned to the other. Every scenario runs against every server
+// it applies to in the same run, interleaved (A B A B), for -rounds rounds,
+// each on a fresh server process. It writes RESULTS.md and a chart.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"slices"
+	"strings"
+	"time"
+)
+
+// config is what a run measures; -smoke shrinks it to seconds.
+type config struct {
+	rounds           int
+	pairs, size      int
+	windows          []int // messages in flight per pair: the offered load
+	warmup, measure  time.Duration
+	idlePeers        []int
+	idleSettle       time.Duration
+	stormPeers       int
+	fanoutPeers      int
+	fanoutTimes      int
+	churnCycles      int
+	churnRooms       int
+	capacityPeers    int
+	serverCPU        string
+	out, chart, only string
+}
+
+func main() {
+	c := config{pairs: 50, size: 1024, windows: []int{1, 4, 16, 64}, warmup: time.Second, measure: 4 * time.Second,
+		idlePeers: []int{1000, 5000, 10000}, idleSettle: 5 * time.Second, stormPeers: 1000, fanoutPeers: 1000, fanoutTimes: 10,
+		churnCycles: 50000, churnRooms: 500, capacityPeers: 19000}
+	smoke := flag.Bool("smoke", false, "tiny counts, one round: checks that every scenario still runs")
+	flag.IntVar(&c.rounds, "rounds", 3, "rounds of every scenario")
+	flag.StringVar(&c.serverCPU, "server-cpu", "0", "the core servers are pinned to (run.sh pins this program to another)")
+	flag.StringVar(&c.out, "out", "RESULTS.md", "where to write the results")
+	flag.StringVar(&c.chart, "chart", "relay-latency.svg", "where to write the latency chart")
+	flag.StringVar(&c.only, "only", "relay,idle,storm,fanout,churn,capacity", "scenarios to run")
+	attach := flag.String("attach", "", "with -attach-pid: run only the relay load, -rounds times, against the Peero server at this address (for profiling)")
+	attachPID := flag.Int("attach-pid", 0, "the pid of the server of -attach")
+	attachWindow := flag.Int("attach-window", 1, "messages in flight per pair, with -attach")
+	flag.Parse()
+	if *attach != "" {
+		s := &server{kind: peero, addr: *attach, proc: *attachPID}
+		for range c.rounds {
+			res, err := relay(s, c.pairs, *attachWindow, c.size, c.warmup, c.measure)
+			if err != nil {
+				log.Fatal(err)
+			}
+			log.Printf("relay window %d: %.0f msg/s  p50 %.2f  p99 %.2f ms  server CPU %.0f%%  %.1f µs/msg  load generator CPU %.0f%%",
+				*attachWindow, res.MsgsPerSec, res.P50, res.P99, 100*res.ServerCPU, res.CPUPerMsgMicros, 100*res.LoadgenCPU)
+		}
+		return
+	}
+	if *smoke {
+		c = config{rounds: 1, pairs: 2, size: 1024, windows: []int{1, 16}, warmup: 200 * time.Millisecond, measure: 500 * time.Millisecond,
+			idlePeers: []int{50}, idleSettle: 200 * time.Millisecond, stormPeers: 20, fanoutPeers: 20, fanoutTimes: 2,
+			churnCycles: 200, churnRooms: 10, capacityPeers: 100, serverCPU: c.serverCPU, out: c.out, chart: c.chart, only: c.only}
+	}
+	r := newResults()
+	started := time.Now()
+	for round := 1; round <= c.rounds; round++ {
+		log.Printf("round %d of %d", round, c.rounds)
+		if c.runs("relay") {
+			for _, w := range c.windows {
+				for _, k := range []kind{peero, peerjs, echo} {
+					withServer(k, c, func(s *server) error {
+						res, err := relay(s, c.pairs, w, c.size, c.warmup, c.measure)
+						if err == nil {
+							r.addRelay(k, w, res)
+							log.Printf("relay %-10s window %2d: %7.0f msg/s  p50 %.2f  p99 %.2f ms  server CPU %.0f%%  load generator CPU %.0f%%",
+								k, w, res.MsgsPerSec, res.P50, res.P99, 100*res.ServerCPU, 100*res.LoadgenCPU)
+						}
+						return err
+					})
+				}
+			}
+		}
+		if c.runs("idle") {
+			for _, n := range c.idlePeers {
+				for _, k := range []kind{peero, peerjs} {
+					withServer(k, c, func(s *server) error {
+						perPeer, rss, err := idleMemory(s, n, c.idleSettle)
+						if err == nil {
+							r.add("idle", k, fmt.Sprint(n), perPeer)
+							log.Printf("idle %-6s %5d peers: %.1f KiB per peer (RSS %d KiB)", k, n, perPeer, rss)
+						}
+						return err
+					})
+				}
+			}
+		}
+		if c.runs("storm") {
+			withServer(peero, c, func(s *server) error {
+				res, err := joinStorm(s, c.stormPeers)
+				if err == nil {
+					r.add("storm", peero, "seconds", res.Seconds)
+					r.add("storm", peero, "peak MiB", float64(res.PeakKB)/1024)
+					log.Printf("join storm %d peers: %.2f s, peak RSS %d KiB", c.stormPeers, res.Seconds, res.PeakKB)
+				}
+				return err
+			})
+		}
+		if c.runs("fanout") {
+			withServer(peero, c, func(s *server) error {
+				took, err := fanout(s, c.fanoutPeers, c.fanoutTimes)
+				if err == nil {
+					slices.Sort(took)
+					r.add("fanout", peero, "ms", 1000*median(took))
+					log.Printf("fan-out to %d peers: median %.1f ms over %d broadcasts", c.fanoutPeers-1, 1000*median(took), len(took))
+				}
+				return err
+			})
+		}
+		if c.runs("churn") {
+			withServer(peero, c, func(s *server) error {
+				res := churn(s, c.churnCycles, c.churnRooms, 64)
+				r.churn = append(r.churn, res)
+				log.Printf("churn %d cycles: %.1f s, %d errors, goroutines %d -> %d, RSS %d -> peak %d -> %d (%d after GC) KiB",
+					c.churnCycles, res.Seconds, res.Errors, res.GoroutinesBefore, res.After, res.RSSBeforeKB, res.PeakKB, res.RSSAfterKB, res.RSSAfterGCKB)
+				return nil
+			})
+		}
+		if c.runs("capacity") {
+			withServer(peero, c, func(s *server) error {
+				res, err := capacity(s, c.capacityPeers)
+				if err == nil {
+					r.capacity = append(r.capacity, res)
+					log.Printf("capacity: %d peers held, %d answered, RSS %d KiB", res.Held, res.Answered, res.RSSKB)
+				}
+				return err
+			}, "-max-peers", fmt.Sprint(c.capacityPeers+100))
+		}
+	}
+	if err := r.write(c, time.Since(started)); err != nil {
+		log.Fatal(err)
+	}
+	if len(failures) > 0 {
+		log.Fatalf("%d runs failed:\n%s", len(failures), strings.Join(failures, "\n"))
+	}
+}
+
+func (c config) runs(scenario string) bool {
+	return slices.Contains(strings.Split(c.only, ","), scenario)
+}
+
+// withServer runs f against a fresh server of kind k and stops it after.
+// A failure is recorded and reported at the end; the run goes on.
+var failures []string
+
+func withServer(k kind, c config, f func(*server) error, args ...string) {
+	s, err := start(k, c.serverCPU, args...)
+	if err != nil {
+		failures = append(failures, fmt.Sprintf("%s: %v", k, err))
+		log.Printf("%s: %v", k, err)
+		return
+	}
+	defer s.stop()
+	if err := f(s); err != nil {
+		failures = append(failures, fmt.Sprintf("%s: %v", k, err))
+		log.Printf("%s: %v", k, err)
+	}
+}
+
+func init() {
+	log.SetFlags(log.Ltime)
+	log.SetOutput(os.Stderr)
+}

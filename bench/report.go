@@ -1,0 +1,264 @@
+package main
+
+import (
+	"cmp"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// results holds every round's values of every figure.
+type results struct {
+	values   map[string][]float64 // "scenario/kind/metric" -> one value a round
+	churn    []churnResult
+	capacity []capacityResult
+}
+
+func newResults() *results { return &results{values: map[string][]float64{}} }
+
+func key(scenario string, k kind, metric string) string {
+	return scenario + "/" + string(k) + "/" + metric
+}
+
+func (r *results) add(scenario string, k kind, metric string, v float64) {
+	r.values[key(scenario, k, metric)] = append(r.values[key(scenario, k, metric)], v)
+}
+
+func (r *results) addRelay(k kind, window int, res relayResult) {
+	s := fmt.Sprint("relay-", window)
+	r.add(s, k, "msg/s", res.MsgsPerSec)
+	r.add(s, k, "p50", res.P50)
+	r.add(s, k, "p99", res.P99)
+	r.add(s, k, "p99.9", res.P999)
+	r.add(s, k, "cpu", 100*res.ServerCPU)
+	r.add(s, k, "us/msg", res.CPUPerMsgMicros)
+	r.add(s, k, "gen", 100*res.LoadgenCPU)
+}
+
+func median(v []float64) float64 {
+	s := slices.Sorted(slices.Values(v))
+	if len(s) == 0 {
+		return math.NaN()
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// cell formats a figure as its median and, with more than one round, its range.
+func (r *results) cell(scenario string, k kind, metric, format string) string {
+	v := r.values[key(scenario, k, metric)]
+	if len(v) == 0 {
+		return "–"
+	}
+	m := fmt.Sprintf(format, median(v))
+	if len(v) == 1 {
+		return m
+	}
+	return fmt.Sprintf("%s (%s–%s)", m, fmt.Sprintf(format, slices.Min(v)), fmt.Sprintf(format, slices.Max(v)))
+}
+
+// ratio is Peero's median over PeerJS's.
+func (r *results) ratio(scenario, metric string) string {
+	a, b := r.values[key(scenario, peero, metric)], r.values[key(scenario, peerjs, metric)]
+	if len(a) == 0 || len(b) == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", median(a)/median(b))
+}
+
+func (r *results) write(c config, took time.Duration) error {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	p("# Peero and PeerJS server, side by side")
+	p("")
+	p("Written by `bench/run.sh` on %s in %s. %d rounds; every figure is the median of the rounds, with their range in brackets. Servers are pinned to core %s and the load generator to the other core (`taskset`); each run starts a fresh server process, and the servers take turns (A B A B). Everything talks over loopback.",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), took.Round(time.Second), c.rounds, c.serverCPU)
+	p("")
+	p("Machine: %s. Versions: %s.", machine(), versions())
+	p("")
+	if _, ok := r.values[key(fmt.Sprint("relay-", c.windows[0]), peero, "msg/s")]; ok {
+		p("## Relay")
+		p("")
+		p("%d pairs of peers send each other targeted offers of %d bytes; every arrival is answered with a new offer, so each pair keeps a fixed number of messages in flight (1 is lockstep). Latency is one way, sender to receiver, through the server. Server CPU is the share of its core it used. The x/net echo server is the ceiling: the same load, each message sent back to its sender by a bare golang.org/x/net/websocket server, Peero's WebSocket library doing nothing else.", c.pairs, c.size)
+		p("")
+		p("| in flight | server | messages/s | p50 ms | p99 ms | p99.9 ms | server CPU % | CPU µs/message | load generator CPU % |")
+		p("|---|---|---|---|---|---|---|---|---|")
+		for _, w := range c.windows {
+			s := fmt.Sprint("relay-", w)
+			for _, k := range []kind{peero, peerjs, echo} {
+				p("| %d | %s | %s | %s | %s | %s | %s | %s | %s |", w, k, r.cell(s, k, "msg/s", "%.0f"), r.cell(s, k, "p50", "%.2f"),
+					r.cell(s, k, "p99", "%.2f"), r.cell(s, k, "p99.9", "%.2f"), r.cell(s, k, "cpu", "%.0f"), r.cell(s, k, "us/msg", "%.1f"), r.cell(s, k, "gen", "%.0f"))
+			}
+		}
+		p("")
+		p("Peero/PeerJS: messages/s %s. p99 %s.", r.ratios(c.windows, "msg/s"), r.ratios(c.windows, "p99"))
+		p("")
+		p("![relay latency against load](%s)", c.chart)
+		p("")
+		if err := os.WriteFile(c.chart, []byte(r.svg(c.windows)), 0o644); err != nil {
+			return err
+		}
+	}
+	if _, ok := r.values[key("idle", peero, fmt.Sprint(c.idlePeers[0]))]; ok {
+		p("## Idle peers")
+		p("")
+		p("Server RSS per connected, idle peer: (RSS with the peers − RSS before) / peers, %s after the last connected. Peero's peers are in rooms of two; PeerJS's send a HEARTBEAT every 5 s, as its client does.", c.idleSettle)
+		p("")
+		p("| peers | Peero KiB/peer | PeerJS KiB/peer | Peero/PeerJS |")
+		p("|---|---|---|---|")
+		for _, n := range c.idlePeers {
+			m := fmt.Sprint(n)
+			p("| %d | %s | %s | %s |", n, r.cell("idle", peero, m, "%.1f"), r.cell("idle", peerjs, m, "%.1f"), r.ratio("idle", m))
+		}
+		p("")
+	}
+	if _, ok := r.values[key("storm", peero, "seconds")]; ok || len(r.churn) > 0 || len(r.capacity) > 0 {
+		p("## Peero alone")
+		p("")
+		p("PeerJS has no rooms, so these have no PeerJS column.")
+		p("")
+		p("| scenario | result |")
+		p("|---|---|")
+		if _, ok := r.values[key("storm", peero, "seconds")]; ok {
+			p("| join storm: %d peers join one room at once (%d announces) | all announces in %s s; peak RSS %s MiB |", c.stormPeers,
+				c.stormPeers*(c.stormPeers-1)/2, r.cell("storm", peero, "seconds", "%.2f"), r.cell("storm", peero, "peak MiB", "%.0f"))
+		}
+		if _, ok := r.values[key("fanout", peero, "ms")]; ok {
+			p("| fan-out: one offer broadcast to a room of %d peers | reaches all in %s ms (median of %d broadcasts a round) |", c.fanoutPeers, r.cell("fanout", peero, "ms", "%.1f"), c.fanoutTimes)
+		}
+		for i, ch := range r.churn {
+			p("| churn, round %d: %d join/leave cycles over %d rooms, 64 at a time | %.1f s, %d errors; goroutines %d before, %d after; RSS %d KiB before, %d peak, %d after 5 s idle, %d after a forced GC |",
+				i+1, c.churnCycles, c.churnRooms, ch.Seconds, ch.Errors, ch.GoroutinesBefore, ch.After, ch.RSSBeforeKB, ch.PeakKB, ch.RSSAfterKB, ch.RSSAfterGCKB)
+		}
+		for i, cp := range r.capacity {
+			p("| capacity, round %d: %d peers held at once, each pings | %d held, %d answered; RSS %d MiB (%.1f KiB a peer) |",
+				i+1, c.capacityPeers, cp.Held, cp.Answered, cp.RSSKB/1024, float64(cp.RSSKB)/float64(max(cp.Held, 1)))
+		}
+		p("")
+	}
+	return os.WriteFile(c.out, []byte(b.String()), 0o644)
+}
+
+func (r *results) ratios(windows []int, metric string) string {
+	var parts []string
+	for _, w := range windows {
+		parts = append(parts, fmt.Sprintf("%s with %d in flight", r.ratio(fmt.Sprint("relay-", w), metric), w))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	kernel, _ := exec.Command("uname", "-r").Output()
+	return fmt.Sprintf("%s, %d cores, Linux %s", model, runtime.NumCPU(), strings.TrimSpace(string(kernel)))
+}
+
+func versions() string {
+	node, _ := exec.Command("node", "--version").Output()
+	peer := "peer (not installed)"
+	if b, err := os.ReadFile(peerjsDir + "/node_modules/peer/package.json"); err == nil {
+		if i := strings.Index(string(b), `"version": "`); i >= 0 {
+			peer = "peer " + strings.SplitN(string(b)[i+12:], `"`, 2)[0]
+		}
+	}
+	return fmt.Sprintf("%s, %s on Node.js %s, golang.org/x/net v0.62.0", runtime.Version(), peer, strings.TrimSpace(string(node)))
+}
+
+// svg draws relay latency (p50 dashed, p99 solid) against throughput for each
+// server, one point per number of messages in flight.
+func (r *results) svg(windows []int) string {
+	const w, h, left, bottom, top, right = 760.0, 420.0, 70.0, 50.0, 40.0, 150.0
+	type pt struct{ x, p50, p99 float64 }
+	series := map[kind][]pt{}
+	maxX, minY, maxY := 1.0, math.Inf(1), 0.0
+	for _, k := range []kind{peero, peerjs, echo} {
+		for _, win := range windows {
+			s := fmt.Sprint("relay-", win)
+			x, p50, p99 := median(r.values[key(s, k, "msg/s")]), median(r.values[key(s, k, "p50")]), median(r.values[key(s, k, "p99")])
+			if math.IsNaN(x) {
+				continue
+			}
+			series[k] = append(series[k], pt{x, p50, p99})
+			maxX, minY, maxY = max(maxX, x), min(minY, p50), max(maxY, p99)
+		}
+	}
+	if math.IsInf(minY, 1) {
+		minY, maxY = 0.01, 1
+	}
+	lo, hi := math.Floor(math.Log10(max(minY, 0.001))), math.Ceil(math.Log10(maxY))
+	if hi <= lo {
+		hi = lo + 1
+	}
+	maxX = niceCeil(maxX)
+	px := func(x float64) float64 { return left + x/maxX*(w-left-right) }
+	py := func(y float64) float64 { return h - bottom - (math.Log10(y)-lo)/(hi-lo)*(h-top-bottom) }
+	var b strings.Builder
+	f := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	f(`<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" font-family="sans-serif" font-size="12">`, w, h)
+	f(`<rect width="100%%" height="100%%" fill="white"/>`)
+	f(`<text x="%.0f" y="22" font-size="15">Relay latency against load (%d pairs, 1 KB offers; points: 1, 4, 16, 64 in flight per pair)</text>`, left, 50)
+	for e := lo; e <= hi; e++ {
+		y := py(math.Pow(10, e))
+		f(`<line x1="%.0f" x2="%.0f" y1="%.1f" y2="%.1f" stroke="#ddd"/><text x="%.0f" y="%.1f" text-anchor="end">%g ms</text>`, left, w-right, y, y, left-6, y+4, math.Pow(10, e))
+	}
+	for i := 0; i <= 5; i++ {
+		x := maxX * float64(i) / 5
+		f(`<line x1="%.1f" x2="%.1f" y1="%.0f" y2="%.0f" stroke="#ddd"/><text x="%.1f" y="%.0f" text-anchor="middle">%.0fk</text>`, px(x), px(x), top, h-bottom, px(x), h-bottom+16, x/1000)
+	}
+	f(`<text x="%.0f" y="%.0f" text-anchor="middle">messages relayed per second</text>`, left+(w-left-right)/2, h-12)
+	colors := map[kind]string{peero: "#0a7", peerjs: "#d50", echo: "#888"}
+	for i, k := range []kind{peero, peerjs, echo} {
+		pts := series[k]
+		if len(pts) == 0 {
+			continue
+		}
+		slices.SortFunc(pts, func(a, b pt) int { return cmp.Compare(a.x, b.x) })
+		for _, dash := range []bool{false, true} {
+			var d []string
+			for _, q := range pts {
+				y := q.p99
+				if dash {
+					y = q.p50
+				}
+				d = append(d, fmt.Sprintf("%.1f,%.1f", px(q.x), py(max(y, 0.001))))
+				f(`<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`, px(q.x), py(max(y, 0.001)), colors[k])
+			}
+			style := ""
+			if dash {
+				style = ` stroke-dasharray="5,4"`
+			}
+			f(`<polyline points="%s" fill="none" stroke="%s" stroke-width="2"%s/>`, strings.Join(d, " "), colors[k], style)
+		}
+		y := top + 20 + float64(i)*20
+		f(`<line x1="%.0f" x2="%.0f" y1="%.0f" y2="%.0f" stroke="%s" stroke-width="2"/><text x="%.0f" y="%.0f">%s</text>`, w-right+10, w-right+30, y, y, colors[k], w-right+36, y+4, k)
+	}
+	y := top + 90
+	f(`<text x="%.0f" y="%.0f">solid: p99</text><text x="%.0f" y="%.0f">dashed: p50</text>`, w-right+10, y, w-right+10, y+16)
+	f(`</svg>`)
+	return b.String()
+}
+
+func niceCeil(x float64) float64 {
+	step := math.Pow(10, math.Floor(math.Log10(x)))
+	for _, m := range []float64{1, 2, 2.5, 5, 10} {
+		if m*step >= x {
+			return m * step
+		}
+	}
+	return 10 * step
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Measures Peero side by side with PeerJS server and an x/net echo server.
+#
+#   bench/run.sh            the full run: about 10 minutes; writes bench/RESULTS.md and bench/relay-latency.svg
+#   bench/run.sh -smoke     a few seconds of each scenario, to check that the benchmark still works
+#
+# Other flags go to the load generator (bench/main.go): -rounds N, -only relay,idle,...
+set -euo pipefail
+cd "$(dirname "$0")"
+export PATH="$PATH:/usr/local/go/bin"
+
+# PeerJS server, into bench/.peerjs (ignored by git).
+if ! [ -f .peerjs/node_modules/peer/package.json ]; then
+  npm install --prefix .peerjs --no-audit --no-fund --loglevel=error peer@1.0.2
+fi
+
+# Peero as in ../main.go, plus a debug listener for goroutine counts (peero_debug.go.txt).
+rm -rf .build && mkdir -p .build/peero .bin
+cp ../main.go ../go.mod ../go.sum .build/peero/
+cp peero_debug.go.txt .build/peero/debug.go
+(cd .build/peero && go build -o ../../.bin/peero .)
+go build -o .bin/echo ./echo
+go build -o .bin/bench .
+
+# Servers go on core 0 (the load generator starts them with taskset); the generator on core 1.
+ulimit -n "$(ulimit -Hn)"
+exec taskset -c 1 .bin/bench -server-cpu 0 "$@"

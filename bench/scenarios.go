@@ -1,0 +1,341 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// connectAll dials n clients of kind to s, dialers at a time; room(i) names
+// client i's room (Peero). Each gets a goroutine that reads until ctx ends,
+// handing every message to onMessage (which may be nil): reading also
+// answers the server's pings.
+func connectAll(ctx context.Context, s *server, n, dialers int, room func(int) string, onMessage func(i int, msg []byte)) ([]*client, error) {
+	clients := make([]*client, n)
+	var next atomic.Int64
+	var firstErr error
+	var once sync.Once
+	var wg sync.WaitGroup
+	for range dialers {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				c, err := dial(ctx, s.kind, s.addr, room(i))
+				if err != nil {
+					once.Do(func() { firstErr = fmt.Errorf("client %d of %d: %w", i, n, err) })
+					return
+				}
+				clients[i] = c
+				go func() { // ends when ctx ends or the connection breaks
+					for {
+						msg, err := c.read(ctx)
+						if err != nil {
+							return
+						}
+						if onMessage != nil {
+							onMessage(i, msg)
+						}
+					}
+				}()
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		closeAll(clients)
+		return nil, firstErr
+	}
+	return clients, nil
+}
+
+func closeAll(clients []*client) {
+	for _, c := range clients {
+		if c != nil {
+			c.close()
+		}
+	}
+}
+
+// relayResult is one relay measurement.
+type relayResult struct {
+	MsgsPerSec      float64
+	P50, P99, P999  float64 // one-way latency, ms
+	ServerCPU       float64 // share of one core
+	CPUPerMsgMicros float64
+	LoadgenCPU      float64 // share of one core: near 1 means the generator, not the server, set the pace
+}
+
+// relay runs pairs of clients that keep window targeted offers of size
+// bytes in flight between them: one side sends window offers, the other
+// sends each straight back, and every arrival is answered with a new offer.
+// Against the echo server, the first of each pair sends and the server sends
+// back. Only messages that arrive within the measure period count.
+func relay(s *server, pairs, window, size int, warmup, measure time.Duration) (relayResult, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var measuring atomic.Bool
+	var count atomic.Int64
+	latencies := make([][]float64, 2*pairs)
+	clients := make([]*client, 2*pairs)
+	for i := range pairs {
+		room := fmt.Sprintf("/relay-%d", i)
+		for j := range 2 {
+			c, err := dial(ctx, s.kind, s.addr, room)
+			if err != nil {
+				closeAll(clients)
+				return relayResult{}, err
+			}
+			clients[2*i+j] = c
+		}
+	}
+	defer closeAll(clients)
+	var wg sync.WaitGroup
+	for i, c := range clients {
+		partner := clients[i^1].id
+		first := i%2 == 0
+		if s.kind == echo && !first {
+			continue // against the echo server, one client per pair carries the same load
+		}
+		wg.Go(func() { // ends when ctx ends
+			if first {
+				for range window {
+					if c.write(ctx, c.offer(partner, signal(size, time.Now()))) != nil {
+						return
+					}
+				}
+			}
+			for {
+				msg, err := c.read(ctx)
+				if err != nil {
+					return
+				}
+				ts, ok := sentAt(msg)
+				if !ok {
+					continue // an announce, a pong
+				}
+				now := time.Now()
+				if measuring.Load() {
+					count.Add(1)
+					latencies[i] = append(latencies[i], float64(now.UnixNano()-ts)/1e6)
+				}
+				if c.write(ctx, c.offer(partner, signal(size, now))) != nil {
+					return
+				}
+			}
+		})
+	}
+	time.Sleep(warmup) // the load runs on its own; this only sets the measuring period
+	cpu0, gen0, t0 := cpuSeconds(s.pid()), cpuSeconds(os.Getpid()), time.Now()
+	measuring.Store(true)
+	time.Sleep(measure)
+	measuring.Store(false)
+	cpu1, gen1, elapsed := cpuSeconds(s.pid()), cpuSeconds(os.Getpid()), time.Since(t0).Seconds()
+	cancel()
+	wg.Wait()
+	all := slices.Concat(latencies...)
+	if len(all) == 0 {
+		return relayResult{}, fmt.Errorf("no message arrived")
+	}
+	slices.Sort(all)
+	n := float64(count.Load())
+	return relayResult{
+		MsgsPerSec:      n / elapsed,
+		P50:             percentile(all, 0.50),
+		P99:             percentile(all, 0.99),
+		P999:            percentile(all, 0.999),
+		ServerCPU:       (cpu1 - cpu0) / elapsed,
+		CPUPerMsgMicros: (cpu1 - cpu0) / n * 1e6,
+		LoadgenCPU:      (gen1 - gen0) / elapsed,
+	}, nil
+}
+
+func percentile(sorted []float64, p float64) float64 {
+	return sorted[min(len(sorted)-1, int(p*float64(len(sorted))))]
+}
+
+// idleMemory connects n idle peers (Peero: rooms of two) and returns the
+// server's RSS per peer in KiB above its RSS before, after settle. PeerJS
+// clients send a HEARTBEAT every 5 s as PeerJS's own client does; Peero's
+// answer the server's pings.
+func idleMemory(s *server, n int, settle time.Duration) (float64, int, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	time.Sleep(time.Second)
+	before := memKB(s.pid(), "VmRSS")
+	clients, err := connectAll(ctx, s, n, 32, func(i int) string { return fmt.Sprintf("/idle-%d", i/2) }, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer closeAll(clients)
+	if s.kind == peerjs {
+		go func() { // ends with ctx
+			heartbeat := []byte(`{"type":"HEARTBEAT"}`)
+			for tick := time.NewTicker(5 * time.Second); ; {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+					for _, c := range clients {
+						c.write(ctx, heartbeat)
+					}
+				}
+			}
+		}()
+	}
+	time.Sleep(settle) // let the server settle after the connection burst
+	rss := memKB(s.pid(), "VmRSS")
+	return float64(rss-before) / float64(n), rss, nil
+}
+
+// stormResult is the join storm measurement.
+type stormResult struct {
+	Seconds float64 // until every peer had every announce
+	PeakKB  int
+}
+
+// joinStorm has n peers join one Peero room at once, dialers at a time,
+// until each has been told of every other: n(n-1)/2 announces in all.
+func joinStorm(s *server, n int) (stormResult, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var told atomic.Int64 // announces received
+	start := time.Now()
+	clients, err := connectAll(ctx, s, n, 32, func(int) string { return "/storm" }, func(_ int, msg []byte) {
+		if bytes.HasPrefix(msg, []byte(`{"type":"announce",`)) {
+			told.Add(1)
+		}
+	})
+	if err != nil {
+		return stormResult{}, err
+	}
+	defer closeAll(clients)
+	listed := 0
+	for _, c := range clients {
+		listed += len(c.seen)
+	}
+	want := int64(n*(n-1)/2 - listed) // each pair meets once: listed or announced
+	deadline := time.Now().Add(60 * time.Second)
+	for told.Load() < want {
+		if time.Now().After(deadline) {
+			return stormResult{}, fmt.Errorf("%d of %d announces after 60 s", told.Load(), want)
+		}
+		time.Sleep(time.Millisecond) // polling a counter; the resolution is enough for seconds
+	}
+	return stormResult{Seconds: time.Since(start).Seconds(), PeakKB: memKB(s.pid(), "VmHWM")}, nil
+}
+
+// fanout joins n peers to one Peero room, then has one of them broadcast an
+// offer, times times, and returns how long each took to reach all others.
+func fanout(s *server, n, times int) ([]float64, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var reached atomic.Int64
+	done := make(chan struct{}, 1)
+	clients, err := connectAll(ctx, s, n, 32, func(int) string { return "/fanout" }, func(_ int, msg []byte) {
+		if _, ok := sentAt(msg); ok && reached.Add(1) == int64(n-1) {
+			done <- struct{}{}
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(clients)
+	time.Sleep(time.Second) // let the announces of the joins drain first
+	var took []float64
+	for range times {
+		reached.Store(0)
+		start := time.Now()
+		if err := clients[0].write(ctx, broadcast(signal(1024, start))); err != nil {
+			return nil, err
+		}
+		select {
+		case <-done:
+			took = append(took, time.Since(start).Seconds())
+		case <-time.After(30 * time.Second):
+			return nil, fmt.Errorf("broadcast reached %d of %d peers in 30 s", reached.Load(), n-1)
+		}
+	}
+	return took, nil
+}
+
+// churnResult is the churn measurement.
+type churnResult struct {
+	Seconds                         float64
+	Errors                          int
+	GoroutinesBefore, After         int
+	RSSBeforeKB, PeakKB, RSSAfterKB int // after: once idle, then after a forced GC
+	RSSAfterGCKB                    int
+}
+
+// churn runs cycles joins and leaves over rooms rooms, workers at a time:
+// each cycle connects, waits for the peers list, and leaves.
+func churn(s *server, cycles, rooms, workers int) churnResult {
+	ctx := context.Background()
+	time.Sleep(time.Second)
+	r := churnResult{GoroutinesBefore: s.goroutines(), RSSBeforeKB: memKB(s.pid(), "VmRSS")}
+	var next, errs atomic.Int64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for i := next.Add(1); i <= int64(cycles); i = next.Add(1) {
+				c, err := dial(ctx, peero, s.addr, fmt.Sprintf("/churn-%d", i%int64(rooms)))
+				if err != nil {
+					errs.Add(1)
+					continue
+				}
+				c.close()
+			}
+		})
+	}
+	wg.Wait()
+	r.Seconds, r.Errors = time.Since(start).Seconds(), int(errs.Load())
+	r.PeakKB = memKB(s.pid(), "VmHWM")
+	deadline := time.Now().Add(10 * time.Second)
+	for r.After = s.goroutines(); r.After > r.GoroutinesBefore && time.Now().Before(deadline); r.After = s.goroutines() {
+		time.Sleep(50 * time.Millisecond) // leaves finish in the server's own time
+	}
+	time.Sleep(5 * time.Second)
+	r.RSSAfterKB = memKB(s.pid(), "VmRSS")
+	s.freeOSMemory()
+	r.RSSAfterGCKB = memKB(s.pid(), "VmRSS")
+	return r
+}
+
+// capacityResult is the capacity measurement.
+type capacityResult struct {
+	Held, Answered int
+	RSSKB          int
+}
+
+// capacity holds n Peero peers (rooms of two) at once and has every one of
+// them ping the server; all must answer.
+func capacity(s *server, n int) (capacityResult, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var pongs atomic.Int64
+	all := make(chan struct{}, 1)
+	clients, err := connectAll(ctx, s, n, 64, func(i int) string { return fmt.Sprintf("/cap-%d", i/2) }, func(_ int, msg []byte) {
+		if string(msg) == `{"type":"pong"}` && pongs.Add(1) == int64(n) {
+			all <- struct{}{}
+		}
+	})
+	if err != nil {
+		return capacityResult{}, err
+	}
+	defer closeAll(clients)
+	for _, c := range clients {
+		if err := c.write(ctx, []byte(`{"type":"ping"}`)); err != nil {
+			return capacityResult{}, err
+		}
+	}
+	select {
+	case <-all:
+	case <-time.After(60 * time.Second):
+	}
+	return capacityResult{Held: len(clients), Answered: int(pongs.Load()), RSSKB: memKB(s.pid(), "VmRSS")}, nil
+}

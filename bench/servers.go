@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// server is one server process under test, pinned to the server core.
+type server struct {
+	kind  kind
+	addr  string // where clients connect
+	debug string // Peero only: its pprof listener
+	cmd   *exec.Cmd
+	proc  int // its pid: taskset execs the server, so the pid is the server's
+}
+
+// paths of what run.sh built and installed.
+var (
+	peeroBin  = ".bin/peero"
+	echoBin   = ".bin/echo"
+	peerjsDir = ".peerjs"
+)
+
+var listenRE = regexp.MustCompile(`(?:peero listening port=|listening (?:127\.0\.0\.1|\[::\]):)(\d+)`)
+
+// start starts a server of kind on the server core and waits until it listens.
+func start(k kind, serverCPU string, args ...string) (*server, error) {
+	s := &server{kind: k}
+	var cmd *exec.Cmd
+	switch k {
+	case peero:
+		s.debug = freeAddr()
+		cmd = exec.Command("taskset", append([]string{"-c", serverCPU, peeroBin, "-port", "0"}, args...)...)
+		cmd.Env = append(os.Environ(), "PEERO_DEBUG_ADDR="+s.debug)
+	case peerjs:
+		cmd = exec.Command("taskset", "-c", serverCPU, "node", "peerjs.cjs")
+		cmd.Env = append(os.Environ(), "NODE_PATH="+peerjsDir+"/node_modules")
+	case echo:
+		cmd = exec.Command("taskset", "-c", serverCPU, echoBin)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = cmd.Stdout // Peero logs to stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	s.cmd, s.proc = cmd, cmd.Process.Pid
+	ports := make(chan string, 1)
+	go func() { // ends when the server exits
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if m := listenRE.FindStringSubmatch(sc.Text()); m != nil {
+				ports <- m[1]
+				break
+			}
+		}
+		io.Copy(io.Discard, out) // Peero logs each join and leave
+	}()
+	select {
+	case port := <-ports:
+		s.addr = "127.0.0.1:" + port
+		return s, nil
+	case <-time.After(20 * time.Second):
+		s.stop()
+		return nil, fmt.Errorf("%s did not start", k)
+	}
+}
+
+// stop ends the server: SIGTERM, then SIGKILL after a few seconds.
+func (s *server) stop() {
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		s.cmd.Process.Kill()
+		<-done
+	}
+}
+
+func (s *server) pid() int { return s.proc }
+
+// cpuSeconds returns the CPU time (user + system) a process has used.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses and may hold spaces.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // USER_HZ
+}
+
+// memKB returns a field of /proc/PID/status in KiB: VmRSS now, VmHWM the peak.
+func memKB(pid int, field string) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return n
+		}
+	}
+	return 0
+}
+
+// goroutines returns Peero's goroutine count, from its debug listener.
+func (s *server) goroutines() int {
+	resp, err := http.Get("http://" + s.debug + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	line, _ := bufio.NewReader(resp.Body).ReadString('\n')
+	n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "goroutine profile: total")))
+	return n
+}
+
+// freeOSMemory makes Peero collect garbage and return free memory to the OS.
+func (s *server) freeOSMemory() {
+	if resp, err := http.Get("http://" + s.debug + "/debug/freeosmemory"); err == nil {
+		resp.Body.Close()
+	}
+}
+
+func freeAddr() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
