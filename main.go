@@ -7,13 +7,10 @@
 // the room. Every message, both ways, is one text frame holding one JSON
 // object with a string field "type". A session:
 //
-//	A connects to /chat     A <- {"type":"peers","id":"A…","peers":[]}
-//	B connects to /chat     B <- {"type":"peers","id":"B…","peers":["A…"]}
-//	                        A <- {"type":"announce","peerId":"B…"}
-//	B -> {"type":"offer","peerId":"A…","signal":{"type":"offer","sdp":"…"}}
-//	                        A <- {"type":"offer","peerId":"B…","signal":{…}}
-//	A -> {"type":"answer","peerId":"B…","signal":{…}}   (candidates likewise)
-//	B disconnects           A <- {"type":"remove","peerId":"B…"}
+//	A joins /chat:  A <- {"type":"peers","id":"A…","peers":[]}
+//	B joins /chat:  B <- {"type":"peers","id":"B…","peers":["A…"]}   A <- {"type":"announce","peerId":"B…"}
+//	B -> {"type":"offer","peerId":"A…","signal":{"type":"offer","sdp":"…"}}   A <- {"type":"offer","peerId":"B…","signal":{…}}
+//	A -> {"type":"answer","peerId":"B…","signal":{…}}, and so on; B leaves:   A <- {"type":"remove","peerId":"B…"}
 //
 // protocol.md is the full specification. The server is an http.Handler:
 // mount New(opts) directly (not under a mux that cleans paths), or call Run.
@@ -30,6 +27,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -78,9 +76,10 @@ type Peer struct {
 	ID       string // assigned by the server: 128 random bits as text, never reused
 	Room     string // the URL path the peer connected to
 	srv      *Server
-	conn     *websocket.Conn
-	lastSeen atomic.Int64  // UnixNano of the last bytes read from the peer, pongs included
-	wake     chan struct{} // buffered (1): the writer has something to look at
+	conn     *websocket.Conn // for reading, and closing
+	raw      net.Conn        // for writing frames: see write
+	lastSeen atomic.Int64    // UnixNano of the last bytes read from the peer, pongs included
+	wake     chan struct{}   // buffered (1): the writer has something to look at
 
 	mu      sync.Mutex // guards the fields below
 	queue   [][]byte   // messages waiting for the writer, oldest first
@@ -138,12 +137,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "peero: origin not allowed", http.StatusForbidden)
 		return
 	}
-	// Not websocket.Handler: it refuses clients with no Origin, and file:// pages.
-	ws := websocket.Server{Handler: func(c *websocket.Conn) {
-		p.conn, c.MaxPayloadBytes = c, s.opts.MaxMessageBytes
+	live := &liveConn{ResponseWriter: w, seen: &p.lastSeen}
+	ws := websocket.Server{Handler: func(c *websocket.Conn) { // not websocket.Handler: it refuses no Origin, and file:// pages
+		p.conn, p.raw, c.MaxPayloadBytes = c, live.conn, s.opts.MaxMessageBytes
 		s.serve(p)
 	}}
-	ws.ServeHTTP(&liveConn{ResponseWriter: w, seen: &p.lastSeen}, r)
+	ws.ServeHTTP(live, r)
 }
 
 // serve is p's read loop: it joins p, handles its messages in order, then removes p.
@@ -266,8 +265,7 @@ func (s *Server) join(p *Peer) ([]*Peer, error) {
 	others := s.rooms[p.Room]
 	s.rooms[p.Room] = append(slices.Clip(others), p) // Clip: append must copy, not change others
 	s.count++
-	// No one else can see p before s.mu is released: its queue needs no lock yet.
-	p.queue = [][]byte{peersMessage(p.ID, peerIDs(others))}
+	p.queue = [][]byte{peersMessage(p.ID, peerIDs(others))} // no lock: no one else sees p before s.mu is released
 	p.nudge()
 	return others, nil
 }
@@ -324,13 +322,14 @@ func (p *Peer) write() {
 	ticker := time.NewTicker(p.srv.opts.PingInterval)
 	defer ticker.Stop()
 	for {
+		frames, n := net.Buffers(nil), 0 // n counts the bytes of the messages
 		select {
 		case <-p.wake:
 		case now := <-ticker.C:
 			if now.UnixNano()-p.lastSeen.Load() > int64(2*p.srv.opts.PingInterval) {
 				p.drop(errors.New("nothing received for two ping intervals"))
 			}
-			p.send(nil) // a ping: see codec
+			frames = net.Buffers{{0x89, 0}} // a ping frame: x/net has no ping call
 		}
 		p.mu.Lock()
 		batch, dropped := p.queue, p.dropped != nil
@@ -339,14 +338,14 @@ func (p *Peer) write() {
 		if dropped {
 			return
 		}
-		n := 0
-		p.conn.SetWriteDeadline(time.Now().Add(p.srv.opts.WriteTimeout)) // per batch, so a drop's deadline sticks
+		// One writev a batch, no copies, past x/net: its pongs cannot interleave, as a net.Conn locks each write.
 		for _, msg := range batch {
-			if err := codec.Send(p.conn, msg); err != nil {
-				p.drop(fmt.Errorf("send to %s: %w", p.ID, err))
-				return
-			}
-			n += len(msg)
+			frames, n = append(frames, header(msg), msg), n+len(msg)
+		}
+		p.raw.SetWriteDeadline(time.Now().Add(p.srv.opts.WriteTimeout)) // per batch, so a drop's deadline sticks
+		if _, err := frames.WriteTo(p.raw); err != nil {
+			p.drop(fmt.Errorf("send to %s: %w", p.ID, err))
+			return
 		}
 		p.mu.Lock()
 		p.queued -= n
@@ -396,10 +395,7 @@ func (s *Server) Run(ready func(port string)) error {
 func (s *Server) Close(done func()) error {
 	s.mu.Lock()
 	s.cancel()
-	var peers []*Peer
-	for _, room := range s.rooms {
-		peers = append(peers, room...)
-	}
+	peers := slices.Concat(slices.Collect(maps.Values(s.rooms))...)
 	s.mu.Unlock()
 	for _, p := range peers {
 		p.drop(context.Canceled)
@@ -416,32 +412,36 @@ type frame struct {
 	binary bool
 }
 
-// codec sends a []byte as a text frame, or nil as a ping (x/net has no ping call),
-// and receives a frame with its kind, which x/net's Message codec hides.
-var codec = websocket.Codec{
-	Marshal: func(v any) ([]byte, byte, error) {
-		if msg := v.([]byte); msg != nil {
-			return msg, websocket.TextFrame, nil
-		}
-		return nil, websocket.PingFrame, nil
-	},
-	Unmarshal: func(data []byte, payloadType byte, v any) error {
-		*v.(*frame) = frame{data, payloadType != websocket.TextFrame}
-		return nil
-	},
+// codec receives a frame with its kind, which x/net's Message codec hides.
+var codec = websocket.Codec{Unmarshal: func(data []byte, payloadType byte, v any) error {
+	*v.(*frame) = frame{data, payloadType != websocket.TextFrame}
+	return nil
+}}
+
+// header is the header of a server text frame holding msg.
+func header(msg []byte) []byte {
+	switch n := len(msg); {
+	case n < 126:
+		return []byte{0x81, byte(n)}
+	case n < 1<<16:
+		return []byte{0x81, 126, byte(n >> 8), byte(n)}
+	default:
+		return []byte{0x81, 127, 0, 0, 0, 0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)} // n < 4 MiB
+	}
 }
 
 // liveConn's reads store the time in seen: x/net hides pongs, yet they show life.
 type liveConn struct {
 	http.ResponseWriter
+	conn net.Conn
 	r    io.Reader
 	seen *atomic.Int64
 }
 
 func (c *liveConn) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, rw, err := http.NewResponseController(c.ResponseWriter).Hijack()
-	if err == nil {
-		c.r, rw.Reader = rw.Reader, bufio.NewReader(c)
+	if err == nil { // Small buffers: the server's 4 KiB reader is under ours, and x/net writes only handshakes, pongs and closes.
+		c.conn, c.r, rw.Reader, rw.Writer = conn, rw.Reader, bufio.NewReaderSize(c, 64), bufio.NewWriterSize(conn, 256)
 	}
 	return conn, rw, err
 }
@@ -467,7 +467,7 @@ func errorMessage(text string) []byte {
 }
 
 func peerIDs(peers []*Peer) []string {
-	ids := make([]string, len(peers))
+	ids := make([]string, len(peers)) // [], not null, for no peers
 	for i, p := range peers {
 		ids[i] = p.ID
 	}
