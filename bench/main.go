@@ -89,10 +89,11 @@ func main() {
 			for _, n := range c.idlePeers {
 				for _, k := range []kind{peero, peerjs} {
 					withServer(k, c, func(s *server) error {
-						perPeer, rss, err := idleMemory(s, n, c.idleSettle)
+						res, err := idleMemory(s, n, c.idleSettle)
 						if err == nil {
-							r.add("idle", k, fmt.Sprint(n), perPeer)
-							log.Printf("idle %-6s %5d peers: %.1f KiB per peer (RSS %d KiB)", k, n, perPeer, rss)
+							r.add("idle", k, fmt.Sprint(n), res.PerPeer)
+							r.add("idle-gc", k, fmt.Sprint(n), res.PerPeerAfterGC)
+							log.Printf("idle %-6s %5d peers: %.1f KiB per peer, %.1f after a GC (RSS %d KiB)", k, n, res.PerPeer, res.PerPeerAfterGC, res.RSSKB)
 						}
 						return err
 					})

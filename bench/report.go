@@ -88,7 +88,7 @@ func (r *results) write(c config, took time.Duration) error {
 		p("")
 		p("%d pairs of peers send each other targeted offers of %d bytes; every arrival is answered with a new offer, so each pair keeps a fixed number of messages in flight (1 is lockstep). Latency is one way, sender to receiver, through the server. Server CPU is the share of its core it used. The x/net echo server is the ceiling: the same load, each message sent back to its sender by a bare golang.org/x/net/websocket server, Peero's WebSocket library doing nothing else.", c.pairs, c.size)
 		p("")
-		p("| in flight | server | messages/s | p50 ms | p99 ms | p99.9 ms | server CPU % | CPU µs/message | load generator CPU % |")
+		p("| in flight | server | messages/s | p50 ms | p99 ms | p99.9 ms | server CPU %% | CPU µs/message | load generator CPU %% |")
 		p("|---|---|---|---|---|---|---|---|---|")
 		for _, w := range c.windows {
 			s := fmt.Sprint("relay-", w)
@@ -109,13 +109,14 @@ func (r *results) write(c config, took time.Duration) error {
 	if _, ok := r.values[key("idle", peero, fmt.Sprint(c.idlePeers[0]))]; ok {
 		p("## Idle peers")
 		p("")
-		p("Server RSS per connected, idle peer: (RSS with the peers − RSS before) / peers, %s after the last connected. Peero's peers are in rooms of two; PeerJS's send a HEARTBEAT every 5 s, as its client does.", c.idleSettle)
+		p("Server RSS per connected, idle peer: (RSS with the peers − RSS before) / peers, %s after the last connected, and again after a full garbage collection (Peero: `debug.FreeOSMemory`; PeerJS: `global.gc()` under `node --expose-gc`). Peero's peers are in rooms of two; PeerJS's send a HEARTBEAT every 5 s, as its client does.", c.idleSettle)
 		p("")
-		p("| peers | Peero KiB/peer | PeerJS KiB/peer | Peero/PeerJS |")
-		p("|---|---|---|---|")
+		p("| peers | Peero KiB/peer | PeerJS KiB/peer | Peero/PeerJS | Peero after GC | PeerJS after GC | Peero/PeerJS after GC |")
+		p("|---|---|---|---|---|---|---|")
 		for _, n := range c.idlePeers {
 			m := fmt.Sprint(n)
-			p("| %d | %s | %s | %s |", n, r.cell("idle", peero, m, "%.1f"), r.cell("idle", peerjs, m, "%.1f"), r.ratio("idle", m))
+			p("| %d | %s | %s | %s | %s | %s | %s |", n, r.cell("idle", peero, m, "%.1f"), r.cell("idle", peerjs, m, "%.1f"), r.ratio("idle", m),
+				r.cell("idle-gc", peero, m, "%.1f"), r.cell("idle-gc", peerjs, m, "%.1f"), r.ratio("idle-gc", m))
 		}
 		p("")
 	}
@@ -165,7 +166,8 @@ func machine() string {
 		}
 	}
 	kernel, _ := exec.Command("uname", "-r").Output()
-	return fmt.Sprintf("%s, %d cores, Linux %s", model, runtime.NumCPU(), strings.TrimSpace(string(kernel)))
+	cores, _ := exec.Command("nproc", "--all").Output() // runtime.NumCPU counts only the cores this process is pinned to
+	return fmt.Sprintf("%s, %s cores, %s GiB, Linux %s", model, strings.TrimSpace(string(cores)), memGiB(), strings.TrimSpace(string(kernel)))
 }
 
 func versions() string {
@@ -261,4 +263,11 @@ func niceCeil(x float64) float64 {
 		}
 	}
 	return 10 * step
+}
+
+func memGiB() string {
+	b, _ := os.ReadFile("/proc/meminfo")
+	var kb int
+	fmt.Sscanf(string(b), "MemTotal: %d kB", &kb)
+	return fmt.Sprintf("%.0f", float64(kb)/(1<<20))
 }

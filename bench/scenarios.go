@@ -157,18 +157,24 @@ func percentile(sorted []float64, p float64) float64 {
 	return sorted[min(len(sorted)-1, int(p*float64(len(sorted))))]
 }
 
-// idleMemory connects n idle peers (Peero: rooms of two) and returns the
-// server's RSS per peer in KiB above its RSS before, after settle. PeerJS
-// clients send a HEARTBEAT every 5 s as PeerJS's own client does; Peero's
-// answer the server's pings.
-func idleMemory(s *server, n int, settle time.Duration) (float64, int, error) {
+// idleResult is the idle measurement: server RSS per peer in KiB above its
+// RSS before the peers came, as it is after settling, and after a full GC.
+type idleResult struct {
+	PerPeer, PerPeerAfterGC float64
+	RSSKB                   int
+}
+
+// idleMemory connects n idle peers (Peero: rooms of two) and measures the
+// server's memory. PeerJS clients send a HEARTBEAT every 5 s as PeerJS's own
+// client does; Peero's answer the server's pings.
+func idleMemory(s *server, n int, settle time.Duration) (idleResult, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	time.Sleep(time.Second)
 	before := memKB(s.pid(), "VmRSS")
 	clients, err := connectAll(ctx, s, n, 32, func(i int) string { return fmt.Sprintf("/idle-%d", i/2) }, nil)
 	if err != nil {
-		return 0, 0, err
+		return idleResult{}, err
 	}
 	defer closeAll(clients)
 	if s.kind == peerjs {
@@ -187,8 +193,10 @@ func idleMemory(s *server, n int, settle time.Duration) (float64, int, error) {
 		}()
 	}
 	time.Sleep(settle) // let the server settle after the connection burst
-	rss := memKB(s.pid(), "VmRSS")
-	return float64(rss-before) / float64(n), rss, nil
+	r := idleResult{RSSKB: memKB(s.pid(), "VmRSS")}
+	s.collectGarbage()
+	r.PerPeer, r.PerPeerAfterGC = float64(r.RSSKB-before)/float64(n), float64(memKB(s.pid(), "VmRSS")-before)/float64(n)
+	return r, nil
 }
 
 // stormResult is the join storm measurement.
@@ -301,7 +309,7 @@ func churn(s *server, cycles, rooms, workers int) churnResult {
 	}
 	time.Sleep(5 * time.Second)
 	r.RSSAfterKB = memKB(s.pid(), "VmRSS")
-	s.freeOSMemory()
+	s.collectGarbage()
 	r.RSSAfterGCKB = memKB(s.pid(), "VmRSS")
 	return r
 }

@@ -43,7 +43,7 @@ func start(k kind, serverCPU string, args ...string) (*server, error) {
 		cmd = exec.Command("taskset", append([]string{"-c", serverCPU, peeroBin, "-port", "0"}, args...)...)
 		cmd.Env = append(os.Environ(), "PEERO_DEBUG_ADDR="+s.debug)
 	case peerjs:
-		cmd = exec.Command("taskset", "-c", serverCPU, "node", "peerjs.cjs")
+		cmd = exec.Command("taskset", "-c", serverCPU, "node", "--expose-gc", "peerjs.cjs")
 		cmd.Env = append(os.Environ(), "NODE_PATH="+peerjsDir+"/node_modules")
 	case echo:
 		cmd = exec.Command("taskset", "-c", serverCPU, echoBin)
@@ -133,11 +133,18 @@ func (s *server) goroutines() int {
 	return n
 }
 
-// freeOSMemory makes Peero collect garbage and return free memory to the OS.
-func (s *server) freeOSMemory() {
-	if resp, err := http.Get("http://" + s.debug + "/debug/freeosmemory"); err == nil {
-		resp.Body.Close()
+// collectGarbage makes the server run a full garbage collection: Peero
+// also returns free memory to the OS (debug.FreeOSMemory).
+func (s *server) collectGarbage() {
+	switch s.kind {
+	case peero:
+		if resp, err := http.Get("http://" + s.debug + "/debug/freeosmemory"); err == nil {
+			resp.Body.Close()
+		}
+	case peerjs:
+		s.cmd.Process.Signal(syscall.SIGUSR2)
 	}
+	time.Sleep(time.Second) // neither says when it is done
 }
 
 func freeAddr() string {
