@@ -3,21 +3,18 @@
 // between them. All real traffic then flows peer to peer. Run it with
 // go run main.go [-port 8080] [-ping 20s] [-max-peers 10000] [-origin https://a.example,…] [-v].
 //
-// Peers connect with a WebSocket to ws://HOST:8080/ROOM; the URL path names
-// the room. Every message, both ways, is one text frame holding one JSON
-// object with a string field "type". A session:
+// Peers connect with a WebSocket to ws://HOST:8080/ROOM (the path names the
+// room) and exchange JSON objects with a string field "type", one a text frame:
 //
-//	A joins /chat:  A <- {"type":"peers","id":"A…","peers":[]}
-//	B joins /chat:  B <- {"type":"peers","id":"B…","peers":["A…"]}   A <- {"type":"announce","peerId":"B…"}
-//	B -> {"type":"offer","peerId":"A…","signal":{"type":"offer","sdp":"…"}}   A <- {"type":"offer","peerId":"B…","signal":{…}}
-//	A -> {"type":"answer","peerId":"B…","signal":{…}}, and so on; B leaves:   A <- {"type":"remove","peerId":"B…"}
+//	A joins /chat: A <- {"type":"peers","id":"A…","peers":[]}; B joins: B <- {"type":"peers","id":"B…","peers":["A…"]}, A <- {"type":"announce","peerId":"B…"}
+//	B -> {"type":"offer","peerId":"A…","signal":{…}}: A <- {"type":"offer","peerId":"B…","signal":{…}}; answers and candidates likewise; B leaves: A <- {"type":"remove","peerId":"B…"}
 //
-// protocol.md is the full specification. The server is an http.Handler:
-// mount New(opts) directly (not under a mux that cleans paths), or call Run.
+// protocol.md is the full specification. Server is an http.Handler: mount it directly (a mux that cleans paths merges rooms), or call Run.
 package main
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/rand"
@@ -27,7 +24,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -43,10 +39,6 @@ import (
 	"golang.org/x/net/websocket"
 )
 
-// maxQueuedBytes bounds what may wait for one peer: bursts of hundreds of
-// signals are normal; megabytes mean that the peer has stopped reading.
-const maxQueuedBytes = 4 << 20
-
 // Options configures a Server. A zero field means its default.
 type Options struct {
 	Port            string        // TCP port Run listens on; default "8080"; "0" picks a free one
@@ -57,9 +49,8 @@ type Options struct {
 	Origins         []string      // browser Origin values allowed; empty allows any. A request with no Origin header (not a browser) is always allowed.
 }
 
-// Events lets a program watch the server, like the original Node.js Peero's events. Any hook may
-// be nil. Hooks run without the server's lock, maybe from several goroutines at once, and must not
-// call Close. For each peer, Connection, Peers and Announce come first; Remove comes once, last.
+// Events lets a program watch the server, like the Node.js Peero's events. Any hook may be nil; hooks run without the lock,
+// maybe on several goroutines at once, and must not call Close. Per peer: Connection, Peers, Announce first; Remove once, last.
 type Events struct {
 	Connection func(p *Peer)                                        // p connected and joined its room (before its peers list is sent)
 	Message    func(p *Peer, message []byte)                        // any message received from p, before it is handled, bad ones included
@@ -73,22 +64,20 @@ type Events struct {
 
 // Peer is one connected client.
 type Peer struct {
-	ID       string // assigned by the server: 128 random bits as text, never reused
-	Room     string // the URL path the peer connected to
-	srv      *Server
+	ID       string          // assigned by the server: 128 random bits as text, never reused
+	Room     string          // the URL path the peer connected to
 	conn     *websocket.Conn // for reading, and closing
 	raw      net.Conn        // for writing frames: see write
 	lastSeen atomic.Int64    // UnixNano of the last bytes read from the peer, pongs included
 	wake     chan struct{}   // buffered (1): the writer has something to look at
 
 	mu      sync.Mutex // guards the fields below
-	queue   [][]byte   // messages waiting for the writer, oldest first
-	queued  int        // bytes queued or being written
+	queue   [][]byte   // frames waiting for the writer, oldest first: a header, then its message
+	queued  int        // bytes in queue
 	dropped error      // why the peer is leaving, once it is: nothing more is queued then
 }
 
-// Server is a Peero signaling server. Create it with New, set Events, then
-// call Run or mount it as an http.Handler. Call Close when finished.
+// Server is a Peero server: New, set Events, then call Run or mount it as an http.Handler. Call Close when finished.
 type Server struct {
 	Events Events // set before serving
 	opts   Options
@@ -115,14 +104,7 @@ func New(opts Options) *Server {
 
 // ServeHTTP upgrades r to a WebSocket and serves the peer until it leaves.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	closed := s.stop.Err() != nil
-	if !closed {
-		s.wg.Add(1) // under the lock, so that Close cannot begin waiting first
-		defer s.wg.Done()
-	}
-	s.mu.Unlock()
-	if closed {
+	if s.stop.Err() != nil {
 		http.Error(w, "peero: server closed", http.StatusServiceUnavailable)
 		return
 	}
@@ -131,32 +113,31 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "peero: this is a WebRTC signaling server; connect with a WebSocket to ws://HOST/ROOM", http.StatusUpgradeRequired)
 		return
 	}
-	p := &Peer{ID: rand.Text(), Room: r.URL.Path, srv: s, wake: make(chan struct{}, 1)}
+	p := &Peer{ID: rand.Text(), Room: r.URL.Path, wake: make(chan struct{}, 1)}
 	p.lastSeen.Store(time.Now().UnixNano())
 	if o := r.Header.Get("Origin"); o != "" && len(s.opts.Origins) > 0 && !slices.Contains(s.opts.Origins, o) {
 		http.Error(w, "peero: origin not allowed", http.StatusForbidden)
 		return
 	}
-	live := &liveConn{ResponseWriter: w, seen: &p.lastSeen}
-	ws := websocket.Server{Handler: func(c *websocket.Conn) { // not websocket.Handler: it refuses no Origin, and file:// pages
-		p.conn, p.raw, c.MaxPayloadBytes = c, live.conn, s.opts.MaxMessageBytes
+	websocket.Server{Handler: func(c *websocket.Conn) { // not websocket.Handler: it refuses no Origin, and file:// pages
+		p.conn, c.MaxPayloadBytes = c, s.opts.MaxMessageBytes
 		s.serve(p)
-	}}
-	ws.ServeHTTP(live, r)
+	}}.ServeHTTP(&liveConn{ResponseWriter: w, p: p}, r)
 }
 
 // serve is p's read loop: it joins p, handles its messages in order, then removes p.
 func (s *Server) serve(p *Peer) {
 	others, err := s.join(p)
 	if err != nil {
-		p.closeConn(errorMessage(err.Error()))
+		p.conn.Write(errorMessage(err.Error()))
+		p.conn.Close()
 		return
 	}
+	defer s.wg.Done()
 	if s.Events.Connection != nil {
 		s.Events.Connection(p)
 	}
-	s.wg.Add(1)
-	go p.write() // join queued p's peers list; it goes out now, after Connection
+	go p.write(s) // join queued p's peers list; it goes out now, after Connection
 	if s.Events.Peers != nil {
 		s.Events.Peers(p, peerIDs(others))
 	}
@@ -183,13 +164,17 @@ func (s *Server) serve(p *Peer) {
 		case typ == "ping":
 			p.send([]byte(`{"type":"pong"}`))
 		case typ == "peers":
-			ids := slices.DeleteFunc(peerIDs(s.room(p)), func(id string) bool { return id == p.ID })
+			s.mu.Lock()
+			ids := slices.DeleteFunc(peerIDs(s.rooms[p.Room]), func(id string) bool { return id == p.ID })
+			s.mu.Unlock()
 			p.send(peersMessage(p.ID, ids))
 			if s.Events.Peers != nil {
 				s.Events.Peers(p, ids)
 			}
 		default: // offer, answer or candidate: relayed with p as the sender
-			to := s.room(p)
+			s.mu.Lock()
+			to := s.rooms[p.Room] // join and leave replace it, never change it: it may be used unlocked
+			s.mu.Unlock()
 			if peerID != "" {
 				i := slices.IndexFunc(to, func(o *Peer) bool { return o.ID == peerID && o != p })
 				if i < 0 {
@@ -214,22 +199,26 @@ func (s *Server) serve(p *Peer) {
 	if s.Events.Remove != nil {
 		s.Events.Remove(p.ID)
 	}
-	p.closeConn(last)
+	p.raw.SetWriteDeadline(time.Now().Add(time.Second)) // x/net's Close waits behind a write in progress
+	if last != nil {
+		p.conn.Write(last)
+	}
+	p.conn.Close() // a close frame, best effort
 }
 
-// parse checks a frame against the protocol, all but whether peerID is in the
-// room: typ is a client type; offer, answer and candidate have a signal, and
-// all but offer a peerID (the recipient).
+// parse checks a frame against the protocol, all but whether peerID is in the room: typ is a client type;
+// offer, answer and candidate have a signal, and all but offer a peerID (the recipient).
 func parse(f frame) (typ, peerID string, signal json.RawMessage, err error) {
-	var fields map[string]json.RawMessage // not a struct: encoding/json matches struct fields case-insensitively
 	switch {
 	case f.binary:
 		return "", "", nil, errors.New("binary frames are not accepted; send JSON as text")
 	case !utf8.Valid(f.data):
 		return "", "", nil, errors.New("message is not valid UTF-8")
-	case json.Unmarshal(f.data, &fields) != nil || fields == nil:
+	case !json.Valid(f.data) || bytes.TrimSpace(f.data)[0] != '{':
 		return "", "", nil, errors.New("message is not a JSON object")
 	}
+	fields := map[string][]byte{}
+	members(f.data, func(key string, value []byte) { fields[key] = value })
 	if typ, err = jsonString(fields, "type", true); err != nil || typ == "ping" || typ == "peers" {
 		return typ, "", nil, err
 	}
@@ -244,12 +233,46 @@ func parse(f frame) (typ, peerID string, signal json.RawMessage, err error) {
 }
 
 // jsonString returns fields[key], a JSON string that is not empty, or "" if it is absent and not required.
-func jsonString(fields map[string]json.RawMessage, key string, required bool) (s string, err error) {
+func jsonString(fields map[string][]byte, key string, required bool) (s string, err error) {
 	raw, ok := fields[key]
 	if ok && (raw[0] != '"' || json.Unmarshal(raw, &s) != nil || s == "") || !ok && required {
 		err = fmt.Errorf("message needs %q, a string that is not empty", key)
 	}
 	return s, err
+}
+
+// members calls f with the key and raw value of each member of obj, a valid JSON object. It is here for speed:
+// json.Unmarshal would scan obj twice (json.Valid is one scan), and it matches struct fields case-insensitively.
+func members(obj []byte, f func(key string, value []byte)) {
+	depth, start, key := 0, 0, []byte(nil)
+	for i := 0; i < len(obj); i++ {
+		switch c := obj[i]; {
+		case c == '"':
+			j := i
+			for i++; obj[i] != '"'; i++ {
+				if obj[i] == '\\' {
+					i++ // skip the escaped character
+				}
+			}
+			if depth == 1 && key == nil {
+				key = obj[j : i+1]
+			}
+		case c == ':' && depth == 1:
+			start = i + 1
+		case c == '{' || c == '[':
+			depth++
+		case c == ',' || c == '}' || c == ']':
+			if depth == 1 && key != nil { // the end of a member
+				var k string
+				json.Unmarshal(key, &k)
+				f(k, bytes.TrimSpace(obj[start:i]))
+				key = nil
+			}
+			if c != ',' {
+				depth--
+			}
+		}
+	}
 }
 
 // join adds p to its room, queues its peers list, and returns the peers it names.
@@ -265,7 +288,9 @@ func (s *Server) join(p *Peer) ([]*Peer, error) {
 	others := s.rooms[p.Room]
 	s.rooms[p.Room] = append(slices.Clip(others), p) // Clip: append must copy, not change others
 	s.count++
-	p.queue = [][]byte{peersMessage(p.ID, peerIDs(others))} // no lock: no one else sees p before s.mu is released
+	s.wg.Add(2) // for p's read loop and writer, under s.mu so that Close cannot begin waiting first
+	msg := peersMessage(p.ID, peerIDs(others))
+	p.queue = [][]byte{header(msg), msg} // no lock: no one else sees p before s.mu is released
 	p.nudge()
 	return others, nil
 }
@@ -280,12 +305,6 @@ func (s *Server) leave(p *Peer) []*Peer {
 	return others
 }
 
-func (s *Server) room(p *Peer) []*Peer {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.rooms[p.Room] // p included
-}
-
 func sendAll(peers []*Peer, except *Peer, msg []byte) {
 	for _, p := range peers {
 		if p != except {
@@ -294,12 +313,12 @@ func sendAll(peers []*Peer, except *Peer, msg []byte) {
 	}
 }
 
-// send queues msg for p's writer, or drops p if too much would wait. It never blocks.
+// send queues msg for p's writer, or drops p if more than 4 MiB would wait. It never blocks.
 func (p *Peer) send(msg []byte) {
 	p.mu.Lock()
-	full := p.queued+len(msg) > maxQueuedBytes
+	full := p.queued+len(msg) > 4<<20 // hundreds of signals waiting are normal; megabytes mean p stopped reading
 	if p.dropped == nil && !full {
-		p.queue, p.queued = append(p.queue, msg), p.queued+len(msg)
+		p.queue, p.queued = append(p.queue, header(msg), msg), p.queued+len(msg)
 	}
 	p.mu.Unlock()
 	if full {
@@ -315,41 +334,36 @@ func (p *Peer) nudge() {
 	}
 }
 
-// write is p's writer goroutine, started by serve and ended by drop: it sends
-// the queue in order and pings p each interval, dropping it if silent for two.
-func (p *Peer) write() {
-	defer p.srv.wg.Done()
-	ticker := time.NewTicker(p.srv.opts.PingInterval)
+// write is p's writer goroutine, from serve to drop: it sends the queue in order, and pings p each interval (drops it if silent for two).
+func (p *Peer) write(s *Server) {
+	defer s.wg.Done()
+	ticker := time.NewTicker(s.opts.PingInterval)
 	defer ticker.Stop()
 	for {
-		frames, n := net.Buffers(nil), 0 // n counts the bytes of the messages
+		var frames net.Buffers
 		select {
 		case <-p.wake:
+		case <-s.stop.Done():
+			p.drop(context.Canceled)
 		case now := <-ticker.C:
-			if now.UnixNano()-p.lastSeen.Load() > int64(2*p.srv.opts.PingInterval) {
+			if now.UnixNano()-p.lastSeen.Load() > int64(2*s.opts.PingInterval) {
 				p.drop(errors.New("nothing received for two ping intervals"))
 			}
 			frames = net.Buffers{{0x89, 0}} // a ping frame: x/net has no ping call
 		}
 		p.mu.Lock()
 		batch, dropped := p.queue, p.dropped != nil
-		p.queue = nil
+		p.queue, p.queued = nil, 0
 		p.mu.Unlock()
 		if dropped {
 			return
 		}
-		// One writev a batch, no copies, past x/net: its pongs cannot interleave, as a net.Conn locks each write.
-		for _, msg := range batch {
-			frames, n = append(frames, header(msg), msg), n+len(msg)
-		}
-		p.raw.SetWriteDeadline(time.Now().Add(p.srv.opts.WriteTimeout)) // per batch, so a drop's deadline sticks
+		frames = append(frames, batch...)                           // one writev a batch, no copies, past x/net (its pongs cannot interleave: a net.Conn locks each write)
+		p.raw.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout)) // per batch, so a drop's deadline sticks
 		if _, err := frames.WriteTo(p.raw); err != nil {
 			p.drop(fmt.Errorf("send to %s: %w", p.ID, err))
 			return
 		}
-		p.mu.Lock()
-		p.queued -= n
-		p.mu.Unlock()
 	}
 }
 
@@ -363,15 +377,6 @@ func (p *Peer) drop(reason error) error {
 		p.nudge()
 	}
 	return p.dropped
-}
-
-// closeConn sends last (if not nil) and a close frame, best effort, and closes p's connection.
-func (p *Peer) closeConn(last []byte) {
-	p.conn.SetWriteDeadline(time.Now().Add(time.Second)) // x/net's Close waits behind a write in progress
-	if last != nil {
-		p.conn.Write(last)
-	}
-	p.conn.Close()
 }
 
 // Run listens on Options.Port, calls ready (if not nil) with the real port, and serves until Close.
@@ -394,12 +399,8 @@ func (s *Server) Run(ready func(port string)) error {
 // Close stops accepting, closes every peer, waits for all goroutines to end, then calls done.
 func (s *Server) Close(done func()) error {
 	s.mu.Lock()
-	s.cancel()
-	peers := slices.Concat(slices.Collect(maps.Values(s.rooms))...)
+	s.cancel() // every writer then drops its peer
 	s.mu.Unlock()
-	for _, p := range peers {
-		p.drop(context.Canceled)
-	}
 	s.wg.Wait()
 	if done != nil {
 		done()
@@ -420,34 +421,33 @@ var codec = websocket.Codec{Unmarshal: func(data []byte, payloadType byte, v any
 
 // header is the header of a server text frame holding msg.
 func header(msg []byte) []byte {
-	switch n := len(msg); {
-	case n < 126:
+	if n := len(msg); n < 126 {
 		return []byte{0x81, byte(n)}
-	case n < 1<<16:
+	} else if n < 1<<16 {
 		return []byte{0x81, 126, byte(n >> 8), byte(n)}
-	default:
+	} else {
 		return []byte{0x81, 127, 0, 0, 0, 0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)} // n < 4 MiB
 	}
 }
 
-// liveConn's reads store the time in seen: x/net hides pongs, yet they show life.
+// liveConn hijacks p's connection and reads it for x/net, storing in p.lastSeen the time of each read: x/net hides
+// pongs, yet they show life.
 type liveConn struct {
 	http.ResponseWriter
-	conn net.Conn
-	r    io.Reader
-	seen *atomic.Int64
+	p *Peer
+	r io.Reader
 }
 
 func (c *liveConn) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, rw, err := http.NewResponseController(c.ResponseWriter).Hijack()
 	if err == nil { // Small buffers: the server's 4 KiB reader is under ours, and x/net writes only handshakes, pongs and closes.
-		c.conn, c.r, rw.Reader, rw.Writer = conn, rw.Reader, bufio.NewReaderSize(c, 64), bufio.NewWriterSize(conn, 256)
+		c.p.raw, c.r, rw.Reader, rw.Writer = conn, rw.Reader, bufio.NewReaderSize(c, 64), bufio.NewWriterSize(conn, 256)
 	}
 	return conn, rw, err
 }
 
 func (c *liveConn) Read(b []byte) (int, error) {
-	defer func() { c.seen.Store(time.Now().UnixNano()) }() // as the read returns: the peer sent something, or is gone
+	defer func() { c.p.lastSeen.Store(time.Now().UnixNano()) }() // as the read returns: the peer sent something, or is gone
 	return c.r.Read(b)
 }
 

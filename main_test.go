@@ -907,6 +907,33 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
+// FuzzMembers checks the single-pass scan of message objects against
+// encoding/json: for any valid JSON object, the same members and raw values.
+func FuzzMembers(f *testing.F) {
+	for _, seed := range []string{
+		`{}`, `{"type":"ping"}`, `{"a":{"b":[1,{"c":"}"}]},"d":"\\\"","e":null}`, ` { "t\u0079pe" : "x" , "n":-1.5e3 } `,
+		`{"a":1,"a":2}`, `{"":[],"x":"a,b:c}{"}`, `{"s":"\u00e9\ud83d\ude00"}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var want map[string]json.RawMessage
+		if !json.Valid(data) || json.Unmarshal(data, &want) != nil || want == nil {
+			return // not an object: parse refuses it before scanning
+		}
+		got := map[string]json.RawMessage{}
+		members(data, func(k string, v []byte) { got[k] = v })
+		if len(got) != len(want) {
+			t.Fatalf("members(%q) = %q; want %q", data, got, want)
+		}
+		for k, v := range want {
+			if !bytes.Equal(got[k], v) {
+				t.Fatalf("members(%q)[%q] = %q; want %q", data, k, got[k], v)
+			}
+		}
+	})
+}
+
 // rawConn is a hand-made WebSocket client, for what x/net's client cannot
 // do: leave out the Origin header, send fragments, or never read.
 type rawConn struct {

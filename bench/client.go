@@ -25,8 +25,10 @@ const (
 type client struct {
 	kind kind
 	ws   *websocket.Conn
-	id   string   // its peer id: given by Peero, chosen by the client for PeerJS
-	seen []string // Peero: the ids in its first peers list
+	id   string       // its peer id: given by Peero, chosen by the client for PeerJS
+	seen []string     // Peero: the ids in its first peers list
+	in   bytes.Buffer // the last message read, reused: the generator must not be the bottleneck
+	out  []byte       // the last message built, reused
 }
 
 // dial connects a client of kind to the server at addr: to room for Peero
@@ -72,15 +74,23 @@ func dial(ctx context.Context, k kind, addr, room string) (*client, error) {
 	return c, nil
 }
 
-// offer builds a targeted offer to peer id carrying payload, in the client's protocol.
-func (c *client) offer(to string, payload []byte) []byte {
+// offer builds a targeted offer to peer id, in the client's protocol, with
+// a signal of about size bytes that carries the send time, so that the
+// receiver can tell the latency. It is valid until the next call.
+func (c *client) offer(to string, size int, now time.Time) []byte {
 	switch c.kind {
 	case peero:
-		return fmt.Appendf(nil, `{"type":"offer","peerId":%q,"signal":%s}`, to, payload)
+		c.out = append(append(append(c.out[:0], `{"type":"offer","peerId":"`...), to...), `","signal":`...)
 	case peerjs:
-		return fmt.Appendf(nil, `{"type":"OFFER","dst":%q,"payload":%s}`, to, payload)
+		c.out = append(append(append(c.out[:0], `{"type":"OFFER","dst":"`...), to...), `","payload":`...)
+	default: // the echo server sends the signal itself back to us
+		c.out = c.out[:0]
 	}
-	return payload // the echo server sends it back to us
+	c.out = appendSignal(c.out, size, now)
+	if c.kind != echo {
+		c.out = append(c.out, '}')
+	}
+	return c.out
 }
 
 // broadcast builds an offer to the whole room (Peero only).
@@ -92,20 +102,32 @@ func (c *client) write(ctx context.Context, msg []byte) error {
 	return c.ws.Write(ctx, websocket.MessageText, msg)
 }
 
+// read returns the next message, valid until the next read.
 func (c *client) read(ctx context.Context) ([]byte, error) {
-	_, msg, err := c.ws.Read(ctx)
-	return msg, err
+	_, r, err := c.ws.Reader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.in.Reset()
+	_, err = c.in.ReadFrom(r)
+	return c.in.Bytes(), err
 }
 
 func (c *client) close() { c.ws.CloseNow() }
 
-// signal makes a signal of about size bytes that carries the send time, so
-// that the receiver can tell the latency.
-func signal(size int, now time.Time) []byte {
-	b := fmt.Appendf(nil, `{"ts":%d,"sdp":"`, now.UnixNano())
-	b = append(b, bytes.Repeat([]byte("x"), max(0, size-len(b)-2))...)
+var padding = bytes.Repeat([]byte("x"), 1<<16)
+
+// appendSignal appends a signal of about size bytes that carries the send time.
+func appendSignal(b []byte, size int, now time.Time) []byte {
+	start := len(b)
+	b = strconv.AppendInt(append(b, `{"ts":`...), now.UnixNano(), 10)
+	b = append(b, `,"sdp":"`...)
+	b = append(b, padding[:max(0, size-(len(b)-start)-2)]...)
 	return append(b, `"}`...)
 }
+
+// signal makes a signal of about size bytes that carries the send time.
+func signal(size int, now time.Time) []byte { return appendSignal(nil, size, now) }
 
 var tsKey = []byte(`"ts":`)
 

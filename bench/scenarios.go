@@ -103,7 +103,7 @@ func relay(s *server, pairs, window, size int, warmup, measure time.Duration) (r
 		wg.Go(func() { // ends when ctx ends
 			if first {
 				for range window {
-					if c.write(ctx, c.offer(partner, signal(size, time.Now()))) != nil {
+					if c.write(ctx, c.offer(partner, size, time.Now())) != nil {
 						return
 					}
 				}
@@ -122,7 +122,7 @@ func relay(s *server, pairs, window, size int, warmup, measure time.Duration) (r
 					count.Add(1)
 					latencies[i] = append(latencies[i], float64(now.UnixNano()-ts)/1e6)
 				}
-				if c.write(ctx, c.offer(partner, signal(size, now))) != nil {
+				if c.write(ctx, c.offer(partner, size, now)) != nil {
 					return
 				}
 			}
