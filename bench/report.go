@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"fmt"
 	"math"
 	"os"
@@ -229,7 +228,7 @@ func (r *results) svg(windows []int) string {
 		if len(pts) == 0 {
 			continue
 		}
-		slices.SortFunc(pts, func(a, b pt) int { return cmp.Compare(a.x, b.x) })
+		// In the order of the load offered, not of the throughput reached: past saturation that can fall.
 		for _, dash := range []bool{false, true} {
 			var d []string
 			for _, q := range pts {
