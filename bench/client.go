@@ -145,17 +145,3 @@ func sentAt(msg []byte) (int64, bool) {
 	ts, err := strconv.ParseInt(string(rest[:j]), 10, 64)
 	return ts, err == nil
 }
-
-// peerOf returns the sender id of a relayed message: Peero's peerId, or PeerJS's src.
-func peerOf(k kind, msg []byte) string {
-	key := []byte(`"peerId":"`)
-	if k == peerjs {
-		key = []byte(`"src":"`)
-	}
-	i := bytes.Index(msg, key)
-	if i < 0 {
-		return ""
-	}
-	rest := msg[i+len(key):]
-	return string(rest[:bytes.IndexByte(rest, '"')])
-}
