@@ -396,7 +396,7 @@ func (s *Server) Run(ready func(port string)) error {
 	return s.Close(nil) // waits for the Close in progress
 }
 
-// Close stops accepting, closes every peer, waits for all goroutines to end, then calls done.
+// Close stops accepting, closes every peer, waits for their goroutines to end, then calls done (if not nil).
 func (s *Server) Close(done func()) error {
 	s.mu.Lock()
 	s.cancel() // every writer then drops its peer
