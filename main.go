@@ -73,7 +73,7 @@ type Peer struct {
 
 	mu      sync.Mutex // guards the fields below
 	queue   [][]byte   // frames waiting for the writer, oldest first: a header, then its message
-	queued  int        // bytes in queue
+	queued  int        // bytes of the messages in queue, headers not counted
 	dropped error      // why the peer is leaving, once it is: nothing more is queued then
 }
 
