@@ -205,8 +205,9 @@ type stormResult struct {
 	PeakKB  int
 }
 
-// joinStorm has n peers join one Peero room at once, dialers at a time,
-// until each has been told of every other: n(n-1)/2 announces in all.
+// joinStorm has n peers join one Peero room at once, 32 dialing at a time,
+// until each has been told of every other that joined after it: n(n-1)/2
+// announces in all.
 func joinStorm(s *server, n int) (stormResult, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -221,19 +222,25 @@ func joinStorm(s *server, n int) (stormResult, error) {
 		return stormResult{}, err
 	}
 	defer closeAll(clients)
-	listed := 0
-	for _, c := range clients {
-		listed += len(c.seen)
+	// Each pair meets twice: the later peer finds the earlier in its peers
+	// list, and the earlier is sent an announce of the later.
+	want := int64(n * (n - 1) / 2)
+	if err := waitFor(&told, want, 60*time.Second, "announces"); err != nil {
+		return stormResult{}, err
 	}
-	want := int64(n*(n-1)/2 - listed) // each pair meets once: listed or announced
-	deadline := time.Now().Add(60 * time.Second)
-	for told.Load() < want {
+	return stormResult{Seconds: time.Since(start).Seconds(), PeakKB: memKB(s.pid(), "VmHWM")}, nil
+}
+
+// waitFor waits until counter reaches want, or fails after timeout.
+func waitFor(counter *atomic.Int64, want int64, timeout time.Duration, what string) error {
+	deadline := time.Now().Add(timeout)
+	for counter.Load() < want {
 		if time.Now().After(deadline) {
-			return stormResult{}, fmt.Errorf("%d of %d announces after 60 s", told.Load(), want)
+			return fmt.Errorf("%d of %d %s after %s", counter.Load(), want, what, timeout)
 		}
 		time.Sleep(time.Millisecond) // polling a counter; the resolution is enough for seconds
 	}
-	return stormResult{Seconds: time.Since(start).Seconds(), PeakKB: memKB(s.pid(), "VmHWM")}, nil
+	return nil
 }
 
 // fanout joins n peers to one Peero room, then has one of them broadcast an
