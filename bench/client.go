@@ -19,6 +19,7 @@ const (
 	peero  kind = "Peero"
 	peerjs kind = "PeerJS"
 	echo   kind = "x/net echo"
+	floor  kind = "x/net floor" // speaks only the peers greeting
 )
 
 // client is one WebSocket connection of the load generator.
@@ -64,7 +65,7 @@ func dial(ctx context.Context, k kind, addr, room string) (*client, error) {
 		return nil, err
 	}
 	switch {
-	case k == peero && m.Type == "peers":
+	case (k == peero || k == floor) && m.Type == "peers":
 		c.id, c.seen = m.ID, m.Peers
 	case k == peerjs && m.Type == "OPEN":
 	default:

@@ -1,8 +1,9 @@
 // Command bench measures Peero side by side with PeerJS server (npm package
-// "peer") and with a bare golang.org/x/net/websocket echo server, the ceiling
-// of the WebSocket library Peero uses. Run it through run.sh, which installs
-// PeerJS, builds the servers and pins this load generator to one core; each
-// server runs pinned to the other. Every scenario runs against every server
+// "peer"), with a bare golang.org/x/net/websocket echo server, the ceiling
+// of the WebSocket library Peero uses for relaying, and with a minimal x/net
+// server that only holds connections, the floor for idle memory. Run it
+// through run.sh, which installs PeerJS, builds the servers and pins this
+// load generator to one core; each server runs pinned to the other. Every scenario runs against every server
 // it applies to in the same run, interleaved (A B A B), for -rounds rounds,
 // each on a fresh server process. It writes RESULTS.md and a chart.
 package main
@@ -87,13 +88,13 @@ func main() {
 		}
 		if c.runs("idle") {
 			for _, n := range c.idlePeers {
-				for _, k := range []kind{peero, peerjs} {
+				for _, k := range []kind{peero, peerjs, floor} {
 					withServer(k, c, func(s *server) error {
 						res, err := idleMemory(s, n, c.idleSettle)
 						if err == nil {
 							r.add("idle", k, fmt.Sprint(n), res.PerPeer)
 							r.add("idle-gc", k, fmt.Sprint(n), res.PerPeerAfterGC)
-							log.Printf("idle %-6s %5d peers: %.1f KiB per peer, %.1f after a GC (RSS %d KiB)", k, n, res.PerPeer, res.PerPeerAfterGC, res.RSSKB)
+							log.Printf("idle %-11s %5d peers: %.1f KiB per peer, %.1f after a GC (RSS %d KiB)", k, n, res.PerPeer, res.PerPeerAfterGC, res.RSSKB)
 						}
 						return err
 					})

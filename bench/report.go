@@ -63,9 +63,11 @@ func (r *results) cell(scenario string, k kind, metric, format string) string {
 	return fmt.Sprintf("%s (%s–%s)", m, fmt.Sprintf(format, slices.Min(v)), fmt.Sprintf(format, slices.Max(v)))
 }
 
-// ratio is Peero's median over PeerJS's.
-func (r *results) ratio(scenario, metric string) string {
-	a, b := r.values[key(scenario, peero, metric)], r.values[key(scenario, peerjs, metric)]
+// ratio is the median of num's figure over den's, as in "PeerJS/Peero".
+// Callers put Peero where above 1 means Peero is ahead: on top for
+// throughput, below for costs.
+func (r *results) ratio(scenario, metric string, num, den kind) string {
+	a, b := r.values[key(scenario, num, metric)], r.values[key(scenario, den, metric)]
 	if len(a) == 0 || len(b) == 0 {
 		return "–"
 	}
@@ -82,10 +84,12 @@ func (r *results) write(c config, took time.Duration) error {
 	p("")
 	p("Machine: %s. Versions: %s.", machine(), versions())
 	p("")
+	p("**Ratios read one way: above 1 means Peero is ahead.** For messages/s a ratio is Peero's over the other server's (Peero/PeerJS); for latency, CPU and memory it is the other server's over Peero's (PeerJS/Peero, floor/Peero). Each heading names its division.")
+	p("")
 	if _, ok := r.values[key(fmt.Sprint("relay-", c.windows[0]), peero, "msg/s")]; ok {
 		p("## Relay")
 		p("")
-		p("%d pairs of peers send each other targeted offers of %d bytes; every arrival is answered with a new offer, so each pair keeps a fixed number of messages in flight (1 is lockstep). Latency is one way, sender to receiver, through the server. Server CPU is the share of its core it used. The x/net echo server is the ceiling: the same load, each message sent back to its sender by a bare golang.org/x/net/websocket server, Peero's WebSocket library doing nothing else.", c.pairs, c.size)
+		p("%d pairs of peers send each other targeted offers of %d bytes; every arrival is answered with a new offer, so each pair keeps a fixed number of messages in flight (1 is lockstep). Latency is one way, sender to receiver, through the server. Server CPU is the share of its core it used, and CPU µs/message its CPU time over the messages relayed. The x/net echo server is the ceiling: the same load, each message sent back to its sender by a bare golang.org/x/net/websocket server, Peero's WebSocket library doing nothing else.", c.pairs, c.size)
 		p("")
 		p("| in flight | server | messages/s | p50 ms | p99 ms | p99.9 ms | server CPU %% | CPU µs/message | load generator CPU %% |")
 		p("|---|---|---|---|---|---|---|---|---|")
@@ -97,7 +101,13 @@ func (r *results) write(c config, took time.Duration) error {
 			}
 		}
 		p("")
-		p("Peero/PeerJS: messages/s %s. p99 %s.", r.ratios(c.windows, "msg/s"), r.ratios(c.windows, "p99"))
+		p("| in flight | messages/s, Peero/PeerJS | CPU µs/message, PeerJS/Peero | p50, PeerJS/Peero | p99, PeerJS/Peero | p99.9, PeerJS/Peero |")
+		p("|---|---|---|---|---|---|")
+		for _, w := range c.windows {
+			s := fmt.Sprint("relay-", w)
+			p("| %d | %s | %s | %s | %s | %s |", w, r.ratio(s, "msg/s", peero, peerjs), r.ratio(s, "us/msg", peerjs, peero),
+				r.ratio(s, "p50", peerjs, peero), r.ratio(s, "p99", peerjs, peero), r.ratio(s, "p99.9", peerjs, peero))
+		}
 		p("")
 		p("![relay latency against load](%s)", c.chart)
 		p("")
@@ -108,14 +118,16 @@ func (r *results) write(c config, took time.Duration) error {
 	if _, ok := r.values[key("idle", peero, fmt.Sprint(c.idlePeers[0]))]; ok {
 		p("## Idle peers")
 		p("")
-		p("Server RSS per connected, idle peer: (RSS with the peers − RSS before) / peers, %s after the last connected, and again after a full garbage collection (Peero: `debug.FreeOSMemory`; PeerJS: `global.gc()` under `node --expose-gc`). Peero's peers are in rooms of two; PeerJS's send a HEARTBEAT every 5 s, as its client does.", c.idleSettle)
+		p("Server RSS per connected, idle peer: (RSS with the peers − RSS before) / peers, %s after the last connected, and again after a full garbage collection (Peero and the floor: `debug.FreeOSMemory`; PeerJS: `global.gc()` under `node --expose-gc`). Peero's peers are in rooms of two; PeerJS's send a HEARTBEAT every 5 s, as its client does. The x/net floor is the least a server on Peero's WebSocket library holds: `websocket.Server` with its defaults under net/http, a peers message sent on connect, then one goroutine per peer blocked in `websocket.Message.Receive` (`bench/floor`).", c.idleSettle)
 		p("")
-		p("| peers | Peero KiB/peer | PeerJS KiB/peer | Peero/PeerJS | Peero after GC | PeerJS after GC | Peero/PeerJS after GC |")
+		p("| peers | measured | Peero KiB/peer | x/net floor KiB/peer | PeerJS KiB/peer | floor/Peero | PeerJS/Peero |")
 		p("|---|---|---|---|---|---|---|")
 		for _, n := range c.idlePeers {
 			m := fmt.Sprint(n)
-			p("| %d | %s | %s | %s | %s | %s | %s |", n, r.cell("idle", peero, m, "%.1f"), r.cell("idle", peerjs, m, "%.1f"), r.ratio("idle", m),
-				r.cell("idle-gc", peero, m, "%.1f"), r.cell("idle-gc", peerjs, m, "%.1f"), r.ratio("idle-gc", m))
+			for _, sc := range []struct{ scenario, when string }{{"idle", fmt.Sprint(c.idleSettle, " after")}, {"idle-gc", "after a GC"}} {
+				p("| %d | %s | %s | %s | %s | %s | %s |", n, sc.when, r.cell(sc.scenario, peero, m, "%.1f"), r.cell(sc.scenario, floor, m, "%.1f"), r.cell(sc.scenario, peerjs, m, "%.1f"),
+					r.ratio(sc.scenario, m, floor, peero), r.ratio(sc.scenario, m, peerjs, peero))
+			}
 		}
 		p("")
 	}
@@ -127,7 +139,7 @@ func (r *results) write(c config, took time.Duration) error {
 		p("| scenario | result |")
 		p("|---|---|")
 		if _, ok := r.values[key("storm", peero, "seconds")]; ok {
-			p("| join storm: %d peers join one room at once (%d announces) | all announces in %s s; peak RSS %s MiB |", c.stormPeers,
+			p("| join storm: %d peers join one room, 32 dialing at a time, until each has been told of every later one (%d announces) | all announces in %s s; peak RSS %s MiB |", c.stormPeers,
 				c.stormPeers*(c.stormPeers-1)/2, r.cell("storm", peero, "seconds", "%.2f"), r.cell("storm", peero, "peak MiB", "%.0f"))
 		}
 		if _, ok := r.values[key("fanout", peero, "ms")]; ok {
@@ -144,14 +156,6 @@ func (r *results) write(c config, took time.Duration) error {
 		p("")
 	}
 	return os.WriteFile(c.out, []byte(b.String()), 0o644)
-}
-
-func (r *results) ratios(windows []int, metric string) string {
-	var parts []string
-	for _, w := range windows {
-		parts = append(parts, fmt.Sprintf("%s with %d in flight", r.ratio(fmt.Sprint("relay-", w), metric), w))
-	}
-	return strings.Join(parts, ", ")
 }
 
 func machine() string {

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Measures Peero side by side with PeerJS server and an x/net echo server.
+# Measures Peero side by side with PeerJS server, an x/net echo server (the relay
+# ceiling) and a minimal x/net server (the idle-memory floor).
 #
 #   bench/run.sh            the full run: about 10 minutes; writes bench/RESULTS.md and bench/relay-latency.svg
 #   bench/run.sh -smoke     a few seconds of each scenario, to check that the benchmark still works
@@ -20,6 +21,7 @@ cp ../main.go ../go.mod ../go.sum .build/peero/
 cp peero_debug.go.txt .build/peero/debug.go
 (cd .build/peero && go build -o ../../.bin/peero .)
 go build -o .bin/echo ./echo
+go build -o .bin/floor ./floor
 go build -o .bin/bench .
 
 # Servers go on core 0 (the load generator starts them with taskset); the generator on core 1.

@@ -28,6 +28,7 @@ type server struct {
 var (
 	peeroBin  = ".bin/peero"
 	echoBin   = ".bin/echo"
+	floorBin  = ".bin/floor"
 	peerjsDir = ".peerjs"
 )
 
@@ -47,6 +48,8 @@ func start(k kind, serverCPU string, args ...string) (*server, error) {
 		cmd.Env = append(os.Environ(), "NODE_PATH="+peerjsDir+"/node_modules")
 	case echo:
 		cmd = exec.Command("taskset", "-c", serverCPU, echoBin)
+	case floor:
+		cmd = exec.Command("taskset", "-c", serverCPU, floorBin)
 	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -133,15 +136,15 @@ func (s *server) goroutines() int {
 	return n
 }
 
-// collectGarbage makes the server run a full garbage collection: Peero
-// also returns free memory to the OS (debug.FreeOSMemory).
+// collectGarbage makes the server run a full garbage collection: Peero and
+// the floor also return free memory to the OS (debug.FreeOSMemory).
 func (s *server) collectGarbage() {
 	switch s.kind {
 	case peero:
 		if resp, err := http.Get("http://" + s.debug + "/debug/freeosmemory"); err == nil {
 			resp.Body.Close()
 		}
-	case peerjs:
+	case peerjs, floor:
 		s.cmd.Process.Signal(syscall.SIGUSR2)
 	}
 	time.Sleep(time.Second) // neither says when it is done
