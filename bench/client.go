@@ -33,7 +33,8 @@ type client struct {
 }
 
 // dial connects a client of kind to the server at addr: to room for Peero
-// (ignored by the others). It returns once the server has greeted it.
+// (ignored by the others). It returns once the server has greeted it. A
+// Peero that refuses the join with an error message gives a *refusedError.
 func dial(ctx context.Context, k kind, addr, room string) (*client, error) {
 	c := &client{kind: k}
 	url := "ws://" + addr + room
@@ -59,6 +60,7 @@ func dial(ctx context.Context, k kind, addr, room string) (*client, error) {
 		Type  string   `json:"type"`
 		ID    string   `json:"id"`
 		Peers []string `json:"peers"`
+		Error string   `json:"error"`
 	}
 	if err := json.Unmarshal(first, &m); err != nil {
 		ws.CloseNow()
@@ -68,12 +70,20 @@ func dial(ctx context.Context, k kind, addr, room string) (*client, error) {
 	case (k == peero || k == floor) && m.Type == "peers":
 		c.id, c.seen = m.ID, m.Peers
 	case k == peerjs && m.Type == "OPEN":
+	case k == peero && m.Type == "error":
+		ws.CloseNow()
+		return nil, &refusedError{m.Error}
 	default:
 		ws.CloseNow()
 		return nil, fmt.Errorf("%s greeted with %s", k, first)
 	}
 	return c, nil
 }
+
+// refusedError is Peero's refusal of a join: the text of its error message.
+type refusedError struct{ reason string }
+
+func (e *refusedError) Error() string { return "refused: " + e.reason }
 
 // offer builds a targeted offer to peer id, in the client's protocol, with
 // a signal of about size bytes that carries the send time, so that the

@@ -27,6 +27,9 @@ type config struct {
 	idlePeers        []int
 	idleSettle       time.Duration
 	stormPeers       int
+	roomStormPeers   int // try to join one room
+	roomStormBatch   int // dial at once
+	roomStormArgs    []string
 	fanoutPeers      int
 	fanoutTimes      int
 	churnCycles      int
@@ -38,18 +41,25 @@ type config struct {
 
 func main() {
 	c := config{pairs: 50, size: 1024, windows: []int{1, 4, 16, 64}, warmup: time.Second, measure: 4 * time.Second,
-		idlePeers: []int{1000, 5000, 10000}, idleSettle: 5 * time.Second, stormPeers: 1000, fanoutPeers: 1000, fanoutTimes: 10,
+		idlePeers: []int{1000, 5000, 10000}, idleSettle: 5 * time.Second, stormPeers: 1000, roomStormPeers: 4000, roomStormBatch: 200, fanoutPeers: 1000, fanoutTimes: 10,
 		churnCycles: 50000, churnRooms: 500, capacityPeers: 19000}
 	smoke := flag.Bool("smoke", false, "tiny counts, one round: checks that every scenario still runs")
 	flag.IntVar(&c.rounds, "rounds", 3, "rounds of every scenario")
 	flag.StringVar(&c.serverCPU, "server-cpu", "0", "the core servers are pinned to (run.sh pins this program to another)")
 	flag.StringVar(&c.out, "out", "RESULTS.md", "where to write the results")
 	flag.StringVar(&c.chart, "chart", "relay-latency.svg", "where to write the latency chart")
-	flag.StringVar(&c.only, "only", "relay,idle,storm,fanout,churn,capacity", "scenarios to run")
+	flag.StringVar(&c.only, "only", "relay,idle,storm,roomstorm,fanout,churn,capacity", "scenarios to run")
 	attach := flag.String("attach", "", "with -attach-pid: run only the relay load, -rounds times, against the Peero server at this address (for profiling)")
 	attachPID := flag.Int("attach-pid", 0, "the pid of the server of -attach")
 	attachWindow := flag.Int("attach-window", 1, "messages in flight per pair, with -attach")
+	probeAddr := flag.String("probe", "", "run as the room storm's probe against the Peero server at this address (the room storm starts it)")
 	flag.Parse()
+	if *probeAddr != "" {
+		if err := runProbe(*probeAddr); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if *attach != "" {
 		s := &server{kind: peero, addr: *attach, proc: *attachPID}
 		for range c.rounds {
@@ -64,8 +74,11 @@ func main() {
 	}
 	if *smoke {
 		c = config{rounds: 1, pairs: 2, size: 1024, windows: []int{1, 16}, warmup: 200 * time.Millisecond, measure: 500 * time.Millisecond,
-			idlePeers: []int{50}, idleSettle: 200 * time.Millisecond, stormPeers: 20, fanoutPeers: 20, fanoutTimes: 2,
+			idlePeers: []int{50}, idleSettle: 200 * time.Millisecond, stormPeers: 20, roomStormPeers: 40, roomStormBatch: 10, fanoutPeers: 20, fanoutTimes: 2,
 			churnCycles: 200, churnRooms: 10, capacityPeers: 100, serverCPU: c.serverCPU, out: c.out, chart: c.chart, only: c.only}
+		if peeroHasFlag("max-room-peers") { // a room limit below the storm, so that refusals run too
+			c.roomStormArgs = []string{"-max-room-peers", "25"}
+		}
 	}
 	r := newResults()
 	started := time.Now()
@@ -111,6 +124,29 @@ func main() {
 				}
 				return err
 			})
+		}
+		if c.runs("roomstorm") {
+			withServer(peero, c, func(s *server) error {
+				res, err := roomStorm(s, c.roomStormPeers, c.roomStormBatch)
+				if res.Failed > 0 {
+					log.Printf("room storm: %d joins failed, the first: %v", res.Failed, res.FirstFailure)
+				}
+				if err == nil {
+					r.add("roomstorm", peero, "accepted", float64(res.Accepted))
+					r.add("roomstorm", peero, "room full", float64(res.RoomFull))
+					r.add("roomstorm", peero, "failed", float64(res.Failed))
+					r.add("roomstorm", peero, "cpu s", res.CPUSeconds)
+					r.add("roomstorm", peero, "seconds", res.Seconds)
+					r.add("roomstorm", peero, "p50", res.ProbeP50)
+					r.add("roomstorm", peero, "p99", res.ProbeP99)
+					r.add("roomstorm", peero, "max", res.ProbeMax)
+					r.add("roomstorm", peero, "pings", float64(res.Probes))
+					r.add("roomstorm", peero, "peak MiB", float64(res.PeakKB)/1024)
+					log.Printf("room storm %d peers: %d let in, %d room full, %d failed; %.1f s of server CPU in %.1f s; probe p50 %.2f  p99 %.2f  max %.2f ms (%d pings)",
+						c.roomStormPeers, res.Accepted, res.RoomFull, res.Failed, res.CPUSeconds, res.Seconds, res.ProbeP50, res.ProbeP99, res.ProbeMax, res.Probes)
+				}
+				return err
+			}, c.roomStormArgs...)
 		}
 		if c.runs("fanout") {
 			withServer(peero, c, func(s *server) error {

@@ -131,7 +131,8 @@ func (r *results) write(c config, took time.Duration) error {
 		}
 		p("")
 	}
-	if _, ok := r.values[key("storm", peero, "seconds")]; ok || len(r.churn) > 0 || len(r.capacity) > 0 {
+	_, roomStorm := r.values[key("roomstorm", peero, "cpu s")]
+	if _, ok := r.values[key("storm", peero, "seconds")]; ok || roomStorm || len(r.churn) > 0 || len(r.capacity) > 0 {
 		p("## Peero alone")
 		p("")
 		p("PeerJS has no rooms, so these have no PeerJS column.")
@@ -141,6 +142,16 @@ func (r *results) write(c config, took time.Duration) error {
 		if _, ok := r.values[key("storm", peero, "seconds")]; ok {
 			p("| join storm: %d peers join one room, 32 dialing at a time, until each has been told of every later one (%d announces) | all announces in %s s; peak RSS %s MiB |", c.stormPeers,
 				c.stormPeers*(c.stormPeers-1)/2, r.cell("storm", peero, "seconds", "%.2f"), r.cell("storm", peero, "peak MiB", "%.0f"))
+		}
+		if roomStorm {
+			limit := "the server's default room limit"
+			if len(c.roomStormArgs) > 0 {
+				limit = strings.Join(c.roomStormArgs, " ")
+			}
+			p("| room storm: %d peers try to join one room, %d at a time (%s), while a probe in another room pings every 10 ms | %s let in, %s refused with \"room full\", %s failed otherwise; every announce in %s s, using %s s of server CPU; peak RSS %s MiB; probe round trip p50 %s ms, p99 %s ms, max %s ms (%s pings) |",
+				c.roomStormPeers, c.roomStormBatch, limit, r.cell("roomstorm", peero, "accepted", "%.0f"), r.cell("roomstorm", peero, "room full", "%.0f"), r.cell("roomstorm", peero, "failed", "%.0f"),
+				r.cell("roomstorm", peero, "seconds", "%.1f"), r.cell("roomstorm", peero, "cpu s", "%.1f"), r.cell("roomstorm", peero, "peak MiB", "%.0f"),
+				r.cell("roomstorm", peero, "p50", "%.2f"), r.cell("roomstorm", peero, "p99", "%.1f"), r.cell("roomstorm", peero, "max", "%.1f"), r.cell("roomstorm", peero, "pings", "%.0f"))
 		}
 		if _, ok := r.values[key("fanout", peero, "ms")]; ok {
 			p("| fan-out: one offer broadcast to a room of %d peers | reaches all in %s ms (median of %d broadcasts a round) |", c.fanoutPeers, r.cell("fanout", peero, "ms", "%.1f"), c.fanoutTimes)

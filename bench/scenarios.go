@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -353,4 +358,195 @@ func capacity(s *server, n int) (capacityResult, error) {
 	case <-time.After(60 * time.Second):
 	}
 	return capacityResult{Held: len(clients), Answered: int(pongs.Load()), RSSKB: memKB(s.pid(), "VmRSS")}, nil
+}
+
+// roomStormResult is the room storm measurement.
+type roomStormResult struct {
+	Accepted, RoomFull, Failed   int     // joins let in, refused with "room full", failed otherwise
+	FirstFailure                 error   // the first of Failed
+	Seconds                      float64 // from the first dial until every peer let in had every announce
+	CPUSeconds                   float64 // server CPU used in that time
+	ProbeP50, ProbeP99, ProbeMax float64 // the probe's round trips, ms
+	Probes                       int
+	PeakKB                       int
+}
+
+// roomStorm has n peers try to join one Peero room, batch at a time: a
+// batch dials at once, and the next starts when the server has let in or
+// refused all of it. Peers let in stay until the end and read all they are
+// sent. Meanwhile a probe (see runProbe) pings the server from another
+// room. The storm ends when every peer let in has been told of every other
+// let in after it.
+func roomStorm(s *server, n, batch int) (roomStormResult, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var r roomStormResult
+	probe, err := startProbe(s.addr)
+	if err != nil {
+		return r, err
+	}
+	cpu0, start := cpuSeconds(s.pid()), time.Now()
+	defer probe.stop() // at once if the storm fails; stopped on purpose below
+	var (
+		told     atomic.Int64 // announces received
+		mu       sync.Mutex   // guards r's counts and accepted while a batch dials
+		accepted []*client
+	)
+	defer func() { closeAll(accepted) }()
+	for first := 0; first < n; first += batch {
+		var wg sync.WaitGroup
+		for range min(batch, n-first) {
+			wg.Go(func() {
+				c, err := dial(ctx, peero, s.addr, "/storm")
+				var refused *refusedError
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case err == nil:
+					r.Accepted++
+					accepted = append(accepted, c)
+				case errors.As(err, &refused) && refused.reason == "room full":
+					r.RoomFull++
+					return
+				default:
+					if r.Failed++; r.FirstFailure == nil {
+						r.FirstFailure = err
+					}
+					return
+				}
+				go func() { // ends when ctx ends or the connection breaks
+					for {
+						msg, err := c.read(ctx)
+						if err != nil {
+							return
+						}
+						if bytes.HasPrefix(msg, []byte(`{"type":"announce",`)) {
+							told.Add(1)
+						}
+					}
+				}()
+			})
+		}
+		wg.Wait()
+	}
+	if err := waitFor(&told, int64(r.Accepted*(r.Accepted-1)/2), 180*time.Second, "announces"); err != nil {
+		return r, err
+	}
+	r.Seconds, r.CPUSeconds = time.Since(start).Seconds(), cpuSeconds(s.pid())-cpu0
+	rtts, err := probe.stop()
+	if err != nil {
+		return r, err
+	}
+	slices.Sort(rtts)
+	r.ProbeP50, r.ProbeP99, r.ProbeMax, r.Probes = percentile(rtts, 0.5), percentile(rtts, 0.99), rtts[len(rtts)-1], len(rtts)
+	r.PeakKB = memKB(s.pid(), "VmHWM")
+	return r, nil
+}
+
+// probe is a child process running runProbe: this program again, with
+// -probe. A process of its own, so that the load generator's busy
+// goroutines do not delay it: the kernel, not Go's scheduler, shares the
+// generator's core between the two.
+type probe struct {
+	cmd   *exec.Cmd
+	stdin io.Closer
+	rtts  chan []float64 // the round trips, once the probe has exited
+}
+
+func startProbe(addr string) (*probe, error) {
+	cmd := exec.Command(os.Args[0], "-probe", addr)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &probe{cmd: cmd, stdin: in, rtts: make(chan []float64, 1)}
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() || sc.Text() != "ready" { // it has joined its room
+		in.Close()
+		cmd.Wait()
+		return nil, fmt.Errorf("probe did not start")
+	}
+	go func() { // ends when the probe exits
+		var rtts []float64
+		for sc.Scan() {
+			if v, err := strconv.ParseFloat(sc.Text(), 64); err == nil {
+				rtts = append(rtts, v)
+			}
+		}
+		p.rtts <- rtts
+	}()
+	return p, nil
+}
+
+// stop ends the probe and returns its round trips in ms. Calls after the
+// first return nothing.
+func (p *probe) stop() ([]float64, error) {
+	if p.stdin == nil {
+		return nil, nil
+	}
+	p.stdin.Close() // the probe's signal to stop
+	p.stdin = nil
+	rtts := <-p.rtts
+	if err := p.cmd.Wait(); err != nil {
+		return nil, fmt.Errorf("probe: %w", err)
+	}
+	if len(rtts) == 0 {
+		return nil, fmt.Errorf("probe: no pong")
+	}
+	return rtts, nil
+}
+
+// runProbe is the probe process (-probe): it joins room /probe of the
+// Peero at addr and pings it, {"type":"ping"} then waiting for
+// {"type":"pong"}, a ping every 10 ms (a late pong delays the next), until
+// its standard input closes. It prints each round trip in ms, a line each.
+func runProbe(addr string) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, err := dial(ctx, peero, addr, "/probe")
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	stop := make(chan struct{})
+	go func() { // ends when standard input closes
+		io.Copy(io.Discard, os.Stdin)
+		close(stop)
+	}()
+	out := bufio.NewWriter(os.Stdout)
+	defer out.Flush()
+	fmt.Fprintln(out, "ready")
+	out.Flush()
+	ping := []byte(`{"type":"ping"}`)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for ; ; <-tick.C { // at least one ping, however short the storm
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		sent := time.Now()
+		if err := c.write(ctx, ping); err != nil {
+			return err
+		}
+		for {
+			msg, err := c.read(ctx)
+			if err != nil {
+				return err
+			}
+			if string(msg) == `{"type":"pong"}` {
+				break
+			}
+		}
+		fmt.Fprintf(out, "%.3f\n", float64(time.Since(sent).Nanoseconds())/1e6)
+	}
 }

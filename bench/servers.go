@@ -150,6 +150,12 @@ func (s *server) collectGarbage() {
 	time.Sleep(time.Second) // neither says when it is done
 }
 
+// peeroHasFlag tells whether the Peero build has a command-line flag.
+func peeroHasFlag(name string) bool {
+	out, _ := exec.Command(peeroBin, "-h").CombinedOutput() // -h exits 2 after listing the flags
+	return strings.Contains(string(out), "-"+name+" ")
+}
+
 func freeAddr() string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
