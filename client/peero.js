@@ -1,51 +1,87 @@
 // peero.js is the reference browser client of the Peero protocol (protocol.md):
 // it joins a room, builds a full mesh of RTCPeerConnections with one
-// RTCDataChannel per pair of peers, and lets you send text over them.
+// RTCDataChannel per pair of peers, lets you send text over them, and joins
+// again by itself when the server goes away.
 //
 //   const room = new Peero("ws://localhost:8080/chat");
 //   room.addEventListener("message", (e) => console.log(e.detail.id, e.detail.data));
 //   room.addEventListener("open", (e) => room.send(e.detail.id, "hi"));
 //
 // Events (CustomEvent, details in e.detail):
-//   ready   {id}           the server gave us our id
-//   join    {id}           a peer is in the room (listed when we joined, or announced later)
-//   state   {id, state}    the RTCPeerConnection to a peer changed state
-//   open    {id}           the DataChannel to a peer is open: send to it now
-//   message {id, data}     a peer sent us text
-//   leave   {id}           a peer left; its connection is closed
-//   error   {error}        the server refused a message, or the connection to it failed
+//   ready        {id}            we joined the room and the server gave us our id (again after each rejoin)
+//   join         {id}            a peer is in the room (listed when we joined, or announced later)
+//   state        {id, state}     the RTCPeerConnection to a peer changed state
+//   open         {id}            the DataChannel to a peer is open: send to it now
+//   message      {id, data}      a peer sent us text
+//   leave        {id, rejoinedAs} a peer left, or our connection to it ended; the connection is closed.
+//                                rejoinedAs is set when the same peer is connected again under a new id
+//   reconnecting {delay, attempt, reason}  the server is lost; the next try (attempt 1, 2, …) is in delay ms
+//   iceerror     {id, url, code, text}     a STUN or TURN server refused us (401: wrong credentials)
+//   error        {error}         the server refused a message or is full
+//
+// Losing the server. When the connection to the server closes, or the server
+// says nothing for pingInterval (we ping it, so it always has something to
+// say), peero.js tries the same URL again after a delay, and again, until
+// close() is called. The delays double from reconnect.first (0.5 s) up to
+// reconnect.max (30 s); each is a random time between half and all of that,
+// so that clients of a restarted server do not all come back at once. Each
+// success is a fresh join: a new id, a new "ready", and attempts count from 1
+// again.
+//
+// Peer connections need no server once they are up, so they stay open while
+// it is away, and messages still flow. After a rejoin the mesh is built again
+// under the ids of the new peers list (after a server restart every peer has
+// a new id), and the connections from before are closed:
+//   - at once, if their channel is not open: their negotiation cannot finish;
+//   - when the same peer is connected again under its new id. Every Peero
+//     client uses one DTLS certificate for all its connections, so a new
+//     connection whose remote certificate has the fingerprint of an old one's
+//     goes to the same peer; its "leave" says rejoinedAs;
+//   - when their channel closes or they fail, as for a peer that never comes
+//     back.
+// So a peer is never reached through two open channels, and two peers that
+// both rejoin are never without one for longer than it takes to connect.
+//
+// ICE servers. The server may hand out TURN credentials in its peers list
+// (iceServers); they are used for every connection made after that join,
+// before those given to the constructor. Pass iceTransportPolicy: "relay" to
+// connect only through TURN.
 //
 // It has no imports and no exports: it defines globalThis.Peero, so it loads
 // both as an ES module (import "./peero.js") and as a classic <script src>.
 // The classic form is what lets index.html work from file://, where browsers
 // refuse to import modules.
 class Peero extends EventTarget {
-  #ws;
-  #peers = new Map(); // peer id -> {pc, channel, candidates (queued until the remote description is set)}
+  #url;
+  #options;
+  #ws = null;
+  #heard = false; // whether the server said anything since the last ping
   #pinger;
-  #awaitingPong = false;
+  #retry; // the timer of the next try to reach the server
+  #attempt = 0; // tries since the server was lost
+  #closed = false;
+  #session = 0; // counts joins; connections remember the one they were made in
+  #serverIceServers = []; // from the latest join's peers list
+  #certificate = null; // one for every connection: how a peer is recognised after a rejoin
+  #peers = new Map(); // peer id -> {pc, channel, session, fingerprint (the remote certificate's), candidates (queued until the remote description is set)}
 
-  // url is ws://HOST:PORT/ROOM. iceServers is passed to every RTCPeerConnection;
-  // leave it empty on one machine, add STUN/TURN servers for the internet.
-  constructor(url, { iceServers = [], pingInterval = 15000 } = {}) {
+  // url is ws://HOST:PORT/ROOM. Options:
+  //   iceServers          added to every RTCPeerConnection, after the server's;
+  //                       empty is right on one machine or one LAN
+  //   iceTransportPolicy  "all" (default) or "relay" (through TURN only)
+  //   pingInterval        ms between pings; the server is lost when it says
+  //                       nothing for that long (default 15000)
+  //   reconnect           {first, max}: ms before the first try to reach a lost
+  //                       server, and the most between two tries (500, 30000)
+  constructor(url, { iceServers = [], iceTransportPolicy = "all", pingInterval = 15000, reconnect = {} } = {}) {
     super();
-    this.id = null;
+    this.id = null; // our id, null while we are not in the room
     this.iceServers = iceServers;
-    this.#ws = new WebSocket(url);
-    this.#ws.onmessage = (e) => this.#receive(JSON.parse(e.data)).catch((err) => this.#error(String(err)));
-    this.#ws.onclose = () => {
-      clearInterval(this.#pinger);
-      this.#error("the connection to the server closed");
-    };
-    // Browsers hide WebSocket pings, so ask the server for a pong now and then.
-    this.#pinger = setInterval(() => {
-      if (this.#awaitingPong) {
-        this.#error("the server did not answer a ping");
-        this.#ws.close();
-      }
-      this.#awaitingPong = true;
-      this.#signal({ type: "ping" });
-    }, pingInterval);
+    this.#url = url;
+    this.#options = { iceTransportPolicy, pingInterval, first: reconnect.first ?? 500, max: reconnect.max ?? 30000 };
+    RTCPeerConnection.generateCertificate({ name: "ECDSA", namedCurve: "P-256" })
+      .then((c) => (this.#certificate = c), () => {}) // without one, each connection makes its own
+      .finally(() => this.#closed || this.#open());
   }
 
   // peers returns the ids of the peers we know of, connected or not.
@@ -66,20 +102,77 @@ class Peero extends EventTarget {
     return this.peers.filter((id) => this.send(id, text)).length;
   }
 
-  // close leaves the room: it closes every peer connection and the server connection.
+  // route resolves to how the connection to peer id goes: the candidate types
+  // ("host", "srflx", "prflx", or "relay": through a TURN server) of the local
+  // and remote ends of its selected candidate pair, as {local, remote}, or to
+  // null while none is selected.
+  async route(id) {
+    const pc = this.#peers.get(id)?.pc;
+    if (!pc) return null;
+    const stats = await pc.getStats();
+    let pair = null;
+    for (const s of stats.values()) {
+      if (s.type === "transport" && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+    }
+    // Firefox has no selectedCandidatePairId; it marks the pair instead.
+    pair ??= [...stats.values()].find((s) => s.type === "candidate-pair" && s.selected);
+    if (!pair) return null;
+    const type = (candidateId) => stats.get(candidateId)?.candidateType;
+    return { local: type(pair.localCandidateId), remote: type(pair.remoteCandidateId) };
+  }
+
+  // close leaves the room for good: it stops reconnecting and closes every
+  // peer connection and the server connection.
   close() {
+    this.#closed = true;
+    clearTimeout(this.#retry);
     clearInterval(this.#pinger);
-    this.#ws.onclose = null;
-    this.#ws.close();
+    if (this.#ws) this.#ws.onclose = this.#ws.onmessage = null;
+    this.#ws?.close();
     for (const id of this.peers) this.#remove(id);
+  }
+
+  // #open connects to the server. The server must say something (its peers
+  // list first, then pongs) within every pingInterval, or it is lost.
+  #open() {
+    const ws = new WebSocket(this.#url);
+    this.#ws = ws;
+    this.#heard = false;
+    ws.onmessage = (e) => {
+      this.#heard = true;
+      this.#receive(JSON.parse(e.data)).catch((err) => this.#error(String(err)));
+    };
+    ws.onclose = () => this.#lost("the connection to the server closed");
+    // Browsers hide WebSocket pings, so we ask for pongs in messages.
+    this.#pinger = setInterval(() => {
+      if (!this.#heard) {
+        this.#lost(this.id === null ? "the server did not let us join in time" : "the server did not answer a ping");
+        return;
+      }
+      this.#heard = false;
+      this.#signal({ type: "ping" });
+    }, this.#options.pingInterval);
+  }
+
+  // #lost drops the server connection and schedules the next try.
+  #lost(reason) {
+    clearInterval(this.#pinger);
+    this.#ws.onclose = this.#ws.onmessage = null; // the connection is abandoned: nothing more from it
+    this.#ws.close();
+    this.id = null;
+    const { first, max } = this.#options;
+    const ceiling = Math.min(first * 2 ** this.#attempt, max);
+    const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+    this.#attempt++;
+    this.#retry = setTimeout(() => this.#open(), delay);
+    this.#emit("reconnecting", { delay, attempt: this.#attempt, reason });
   }
 
   async #receive(msg) {
     switch (msg.type) {
       case "peers":
         if (this.id !== null) return; // a reply to a peers request; we do not send those
-        this.id = msg.id;
-        this.#emit("ready", { id: msg.id });
+        this.#join(msg);
         // We are the newcomer: we offer to everyone here, and they never offer
         // to us, so two sides never offer to each other at once.
         for (const id of msg.peers) {
@@ -116,49 +209,92 @@ class Peero extends EventTarget {
         this.#remove(msg.peerId);
         return;
       case "pong":
-        this.#awaitingPong = false;
         return;
       case "error":
         this.#error(msg.error);
     }
   }
 
+  // #join starts a session in the room from its first peers message.
+  #join(msg) {
+    this.id = msg.id;
+    this.#attempt = 0;
+    this.#session++;
+    this.#serverIceServers = msg.iceServers ?? [];
+    for (const [id, peer] of this.#peers) {
+      // Connections from before that are not up cannot come up: their
+      // signals went through the old server connection. A listed peer we
+      // still know kept its id while we were away; it was told we left and
+      // closed its end, so it gets a new connection.
+      if (peer.channel?.readyState !== "open" || msg.peers.includes(id)) this.#remove(id);
+    }
+    this.#emit("ready", { id: msg.id });
+  }
+
   // #connect makes the RTCPeerConnection to peer id and announces the peer.
   #connect(id) {
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
-    const peer = { pc, channel: null, candidates: [] };
+    const pc = new RTCPeerConnection({
+      iceServers: [...this.#serverIceServers, ...this.iceServers],
+      iceTransportPolicy: this.#options.iceTransportPolicy,
+      certificates: this.#certificate ? [this.#certificate] : undefined,
+    });
+    const peer = { pc, channel: null, session: this.#session, fingerprint: null, candidates: [] };
     this.#peers.set(id, peer);
     pc.onicecandidate = (e) => {
       // The last event has a null candidate: the protocol does not carry it.
       if (e.candidate) this.#signal({ type: "candidate", peerId: id, signal: e.candidate });
     };
-    pc.onconnectionstatechange = () => this.#emit("state", { id, state: pc.connectionState });
+    pc.onicecandidateerror = (e) => this.#emit("iceerror", { id, url: e.url, code: e.errorCode, text: e.errorText });
+    pc.onconnectionstatechange = () => {
+      this.#emit("state", { id, state: pc.connectionState });
+      // A connection from before a rejoin has no server to mend it.
+      if (pc.connectionState === "failed" && peer.session !== this.#session) this.#remove(id);
+    };
     pc.ondatachannel = (e) => this.#attach(id, e.channel);
     this.#emit("join", { id });
     return peer;
   }
 
   #attach(id, channel) {
-    this.#peers.get(id).channel = channel;
-    channel.onopen = () => this.#emit("open", { id });
+    const peer = this.#peers.get(id);
+    peer.channel = channel;
+    channel.onopen = () => {
+      // Older connections to the same client are closed now that this one is up.
+      const old = this.#sameClient(peer);
+      if (old !== undefined) this.#remove(old, id);
+      this.#emit("open", { id });
+    };
     channel.onmessage = (e) => this.#emit("message", { id, data: e.data });
+    channel.onclose = () => {
+      if (this.#peers.get(id) === peer) this.#remove(id, this.#sameClient(peer));
+    };
+  }
+
+  // #sameClient returns the id of another connection to the client at the
+  // other end of peer, if there is one.
+  #sameClient(peer) {
+    for (const [id, other] of this.#peers) {
+      if (other !== peer && other.fingerprint !== null && other.fingerprint === peer.fingerprint) return id;
+    }
+    return undefined;
   }
 
   async #setRemote(peer, description) {
     await peer.pc.setRemoteDescription(description);
+    peer.fingerprint = /^a=fingerprint:\S+ (\S+)/m.exec(description.sdp)?.[1].toUpperCase() ?? null;
     for (const candidate of peer.candidates.splice(0)) await peer.pc.addIceCandidate(candidate);
   }
 
-  #remove(id) {
+  #remove(id, rejoinedAs) {
     const peer = this.#peers.get(id);
     if (!peer) return;
     this.#peers.delete(id);
     peer.pc.close();
-    this.#emit("leave", { id });
+    this.#emit("leave", rejoinedAs ? { id, rejoinedAs } : { id });
   }
 
   #signal(msg) {
-    if (this.#ws.readyState === WebSocket.OPEN) this.#ws.send(JSON.stringify(msg));
+    if (this.#ws?.readyState === WebSocket.OPEN) this.#ws.send(JSON.stringify(msg));
   }
 
   #error(error) {

@@ -17,10 +17,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -161,69 +163,133 @@ func (b *logBuffer) String() string {
 	return b.buf.String()
 }
 
-// startServer runs the real peero binary on a free port and returns its
-// ws:// base URL. Its log is printed if the test fails; it gets SIGTERM, and
-// must exit 0, when the test ends.
+// peeroServer is the real peero binary, run by a test. It can be killed and
+// started again on the same port, as a crashed server that comes back.
+type peeroServer struct {
+	t    *testing.T
+	args []string // besides -port
+	env  []string // added to the test's environment
+	log  *logBuffer
+	port string
+	url  string // ws://127.0.0.1:PORT
+
+	cmd    *exec.Cmd
+	copied chan struct{} // closed when the server's stderr is fully read
+}
+
+// startServer runs peero on a free port and returns its ws:// base URL.
 func startServer(t *testing.T) string {
 	t.Helper()
-	cmd := exec.Command(peeroBin, "-port", "0")
+	return runServer(t, nil).url
+}
+
+// runServer runs peero on a free port with args and env. Its log is printed
+// if the test fails; when the test ends it gets SIGTERM, and must exit 0.
+func runServer(t *testing.T, env []string, args ...string) *peeroServer {
+	t.Helper()
+	s := &peeroServer{t: t, args: args, env: env, log: &logBuffer{}, port: "0"}
+	s.start()
+	t.Cleanup(func() {
+		if s.cmd != nil {
+			s.cmd.Process.Signal(syscall.SIGCONT) // in case a test froze it
+			s.cmd.Process.Signal(syscall.SIGTERM)
+			if err := s.wait(5 * time.Second); err != nil {
+				t.Errorf("peero after SIGTERM: %v; want exit 0", err)
+			}
+		}
+		if t.Failed() {
+			t.Logf("server log:\n%s", s.log)
+		}
+	})
+	return s
+}
+
+// start starts the server on s.port ("0" for a free one) and waits until it listens.
+func (s *peeroServer) start() {
+	s.t.Helper()
+	cmd := exec.Command(peeroBin, append([]string{"-port", s.port}, s.args...)...)
+	cmd.Env = append(os.Environ(), s.env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
-		t.Fatal(err)
+		s.t.Fatal(err)
 	}
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		s.t.Fatal(err)
 	}
-	log := &logBuffer{}
+	s.cmd, s.copied = cmd, make(chan struct{})
 	ports := make(chan string, 1)
-	copied := make(chan struct{})
-	go func() { // ends when the server exits and closes its stderr
+	go func(copied chan struct{}) { // ends when the server exits and closes its stderr
 		defer close(copied)
-		portRE := regexp.MustCompile(`peero listening port=(\d+)`)
+		portRE := regexp.MustCompile(`peero listening.*\b(?:port=|addr=\S*:)(\d+)`)
 		for sc := bufio.NewScanner(stderr); sc.Scan(); {
-			log.Printf("%s", sc.Text())
+			s.log.Printf("%s", sc.Text())
 			if m := portRE.FindStringSubmatch(sc.Text()); m != nil {
 				ports <- m[1]
 			}
 		}
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		exited := make(chan error, 1)
-		go func() { <-copied; exited <- cmd.Wait() }()
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("peero exited with %v after SIGTERM; want 0", err)
-			}
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			t.Errorf("peero still running 5 s after SIGTERM")
-		}
-		if t.Failed() {
-			t.Logf("server log:\n%s", log)
-		}
-	})
+	}(s.copied)
 	select {
 	case port := <-ports:
-		return "ws://127.0.0.1:" + port
+		s.port, s.url = port, "ws://127.0.0.1:"+port
 	case <-time.After(10 * time.Second):
-		t.Fatalf("peero did not say which port it listens on; its log:\n%s", log)
-		return ""
+		s.t.Fatalf("peero did not say which port it listens on; its log:\n%s", s.log)
 	}
 }
 
-// testPage loads the reference client and records its events in window.events.
+// kill kills the server with SIGKILL, as a crash: no close frames, no removes.
+func (s *peeroServer) kill() {
+	s.t.Helper()
+	s.cmd.Process.Kill()
+	if err := s.wait(5 * time.Second); err == nil || !strings.Contains(err.Error(), "killed") {
+		s.t.Fatalf("peero after SIGKILL: %v; want killed", err)
+	}
+}
+
+// restart starts the server again on the port it had.
+func (s *peeroServer) restart() {
+	s.t.Helper()
+	s.start()
+}
+
+// signal sends sig to the server process.
+func (s *peeroServer) signal(sig os.Signal) {
+	s.t.Helper()
+	if err := s.cmd.Process.Signal(sig); err != nil {
+		s.t.Fatalf("signal peero: %v", err)
+	}
+}
+
+// wait waits up to timeout for the server to exit (killing it after that)
+// and returns how it ended.
+func (s *peeroServer) wait(timeout time.Duration) error {
+	cmd, copied := s.cmd, s.copied
+	s.cmd = nil
+	exited := make(chan error, 1)
+	go func() { <-copied; exited <- cmd.Wait() }() // Wait closes the pipe: read it all first
+	select {
+	case err := <-exited:
+		return err
+	case <-time.After(timeout):
+		cmd.Process.Kill()
+		<-exited
+		return fmt.Errorf("still running %v later", timeout)
+	}
+}
+
+// testPage loads the reference client with the options in its query
+// (?ws=URL&opts=JSON) and records its events, with the time they came, in
+// window.events.
 const testPage = `<!doctype html>
 <meta charset="utf-8">
 <link rel="icon" href="data:,">
 <script src="/peero.js"></script>
 <script>
   window.events = [];
-  const room = new Peero(new URLSearchParams(location.search).get("ws"));
-  for (const type of ["ready", "join", "state", "open", "message", "leave", "error"]) {
+  const params = new URLSearchParams(location.search);
+  const room = new Peero(params.get("ws"), JSON.parse(params.get("opts") || "{}"));
+  for (const type of ["ready", "join", "state", "open", "message", "leave", "reconnecting", "iceerror", "error"]) {
     room.addEventListener(type, (e) => {
-      events.push({ type, ...e.detail });
+      events.push({ type, t: performance.now(), ...e.detail });
       console.log("peero event", type, JSON.stringify(e.detail));
     });
   }
@@ -255,10 +321,10 @@ type browserSession struct {
 	used    bool // whether the first tab has been handed out
 }
 
-// newBrowser starts Chromium with the flags of ../shared/WEBRTC-TESTING.md
-// and grants origin ("" for every origin, file:// pages included) the
-// microphone permission, without which Chromium offers no loopback
-// candidates. Its consoles are printed if the test fails.
+// newBrowser starts Chromium with the flags that README.md explains and
+// grants origin ("" for every origin, file:// pages included) the microphone
+// permission, without which Chromium offers no loopback candidates. Its
+// consoles are printed if the test fails.
 func newBrowser(t *testing.T, ctx context.Context, origin string) *browserSession {
 	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
@@ -269,7 +335,7 @@ func newBrowser(t *testing.T, ctx context.Context, origin string) *browserSessio
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("allow-loopback-in-peer-connection", true),
 		chromedp.UserDataDir(t.TempDir()),
-		chromedp.Env("TMPDIR="+t.TempDir()), // Chromium leaves directories behind in TMPDIR
+		chromedp.Env("TMPDIR="+shortTempDir(t)), // Chromium leaves directories behind in TMPDIR
 	)
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
 	tabCtx, cancelTab := chromedp.NewContext(allocCtx)
@@ -293,6 +359,19 @@ func newBrowser(t *testing.T, ctx context.Context, origin string) *browserSessio
 		t.Fatalf("grant the microphone permission: %v", err)
 	}
 	return b
+}
+
+// shortTempDir returns a new temporary directory with a short path: Chromium
+// puts a Unix socket in its TMPDIR, and socket paths must stay under about
+// 107 bytes, which a subtest's t.TempDir() can exceed.
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "chr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 // tab is one page of a browser.
@@ -355,7 +434,13 @@ func eval[T any](tb *tab, js string) T {
 // clientTab opens the test page of the reference client in room and returns the tab with its peer id.
 func (b *browserSession) clientTab(name, pages, server, room string) (*tab, string) {
 	b.t.Helper()
-	tb := b.open(name, pages+"/test.html?ws="+server+room)
+	return b.clientTabWith(name, pages, server, room, "{}")
+}
+
+// clientTabWith is clientTab with options for the client, as JSON.
+func (b *browserSession) clientTabWith(name, pages, server, room, opts string) (*tab, string) {
+	b.t.Helper()
+	tb := b.open(name, pages+"/test.html?"+url.Values{"ws": {server + room}, "opts": {opts}}.Encode())
 	tb.waitFor("its id", `room.id !== null`)
 	return tb, eval[string](tb, `room.id`)
 }
@@ -379,4 +464,11 @@ func (tb *tab) send(id, text string) {
 	if !eval[bool](tb, fmt.Sprintf(`room.send(%q, %q)`, id, text)) {
 		tb.t.Fatalf("tab %s: the channel to %s is not open", tb.name, id)
 	}
+}
+
+// waitRejoin waits until the tab has joined again with an id other than old, and returns it.
+func (tb *tab) waitRejoin(old string) string {
+	tb.t.Helper()
+	tb.waitFor("a new id", fmt.Sprintf(`room.id !== null && room.id !== %q`, old))
+	return eval[string](tb, `room.id`)
 }

@@ -45,7 +45,7 @@ type signal struct {
 // Everything it opened is closed when the test ends.
 func newPionPeer(t *testing.T, url string) (*pionPeer, []string) {
 	t.Helper()
-	// The recipe of ../shared/WEBRTC-TESTING.md: loopback only, UDP4, no mDNS.
+	// The recipe of README.md: loopback only, UDP4, no mDNS.
 	var se webrtc.SettingEngine
 	se.SetIncludeLoopbackCandidate(true)
 	se.SetInterfaceFilter(func(name string) bool { return name == "lo" })
