@@ -52,6 +52,7 @@ func main() {
 	attach := flag.String("attach", "", "with -attach-pid: run only the relay load, -rounds times, against the Peero server at this address (for profiling)")
 	attachPID := flag.Int("attach-pid", 0, "the pid of the server of -attach")
 	attachWindow := flag.Int("attach-window", 1, "messages in flight per pair, with -attach")
+	flag.StringVar(&peeroBin, "peero", peeroBin, "the Peero build to run (run.sh builds ../main.go there)")
 	probeAddr := flag.String("probe", "", "run as the room storm's probe against the Peero server at this address (the room storm starts it)")
 	flag.Parse()
 	if *probeAddr != "" {
