@@ -73,13 +73,13 @@ func TestDemoPage(t *testing.T) {
 
 func testDemoPage(t *testing.T, origin, page string) {
 	ctx := setup(t)
-	server := startServer(t)
+	server := runServer(t, nil)
 	b := newBrowser(t, ctx, origin)
 	var tabs []*tab
 	for _, name := range []string{"alice", "bob"} {
 		tb := b.open(name, page)
 		err := chromedp.Do(tb.ctx,
-			chromedp.SetValue(chromedp.CSS("#server"), server),
+			chromedp.SetValue(chromedp.CSS("#server"), server.url),
 			chromedp.SetValue(chromedp.CSS("#room"), "e2e-demo"),
 			chromedp.Click(chromedp.CSS("#joinButton")),
 		)
@@ -89,9 +89,11 @@ func testDemoPage(t *testing.T, origin, page string) {
 		tabs = append(tabs, tb)
 	}
 	alice, bob := tabs[0], tabs[1]
-	for _, tb := range tabs {
-		tb.waitFor("its id", `document.getElementById("me").textContent.length === 26`)
-		tb.waitFor("the other peer's channel open", `[...document.querySelectorAll("#peers .state")].some((s) => s.textContent.endsWith("channel open"))`)
+	ids := make([]string, len(tabs))
+	for i, tb := range tabs {
+		tb.waitFor("its id", `document.getElementById("status").dataset.id?.length === 26`)
+		ids[i] = eval[string](tb, `document.getElementById("status").dataset.id`)
+		tb.waitFor("the other peer connected directly", `document.querySelector("#peers li[data-route] .state")?.textContent === "direct"`)
 	}
 	err := chromedp.Do(alice.ctx,
 		chromedp.SendKeys(chromedp.CSS("#text"), "hello bob, it's alice"),
@@ -103,6 +105,23 @@ func testDemoPage(t *testing.T, origin, page string) {
 	bob.waitFor("alice's message in the log", `document.getElementById("log").textContent.includes("hello bob, it's alice")`)
 	if got := eval[string](alice, `document.getElementById("text").value`); got != "" {
 		t.Errorf("alice's input after sending = %q; want it cleared", got)
+	}
+	// One short form of an id everywhere, the whole id on hover.
+	want := ids[0][:6] + " " + ids[0]
+	for _, where := range []string{"#log .from", "#peers .id"} {
+		got := eval[string](bob, fmt.Sprintf(`[...document.querySelectorAll(%q)].map((e) => e.textContent + " " + e.title).find((s) => s.endsWith(%q)) ?? "none"`, where, ids[0]))
+		if got != want {
+			t.Errorf("bob's %s shows alice as %q; want %q", where, got, want)
+		}
+	}
+
+	// The server crashes and comes back: the page says so, and rejoins.
+	server.kill()
+	alice.waitFor("the retry countdown", `/^Server lost, retrying in \d+ s…$/.test(document.getElementById("status").textContent)`)
+	server.restart()
+	alice.waitFor("a new id", fmt.Sprintf(`document.getElementById("status").dataset.id?.length === 26 && document.getElementById("status").dataset.id !== %q`, ids[0]))
+	if got := eval[string](alice, `document.getElementById("status").textContent`); !strings.HasPrefix(got, "In room") {
+		t.Errorf("alice's status after the server came back = %q; want In room…", got)
 	}
 }
 
