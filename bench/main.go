@@ -52,6 +52,8 @@ func main() {
 	attach := flag.String("attach", "", "with -attach-pid: run only the relay load, -rounds times, against the Peero server at this address (for profiling)")
 	attachPID := flag.Int("attach-pid", 0, "the pid of the server of -attach")
 	attachWindow := flag.Int("attach-window", 1, "messages in flight per pair, with -attach")
+	attachIdle := flag.Int("attach-idle", 0, "with -attach: instead of the relay load, hold this many idle peers (rooms of two) for -attach-hold")
+	attachHold := flag.Duration("attach-hold", 30*time.Second, "how long -attach-idle holds its peers")
 	flag.StringVar(&peeroBin, "peero", peeroBin, "the Peero build to run (run.sh builds ../main.go there)")
 	probeAddr := flag.String("probe", "", "run as the room storm's probe against the Peero server at this address (the room storm starts it)")
 	flag.Parse()
@@ -59,6 +61,15 @@ func main() {
 		if err := runProbe(*probeAddr); err != nil {
 			log.Fatal(err)
 		}
+		return
+	}
+	if *attach != "" && *attachIdle > 0 {
+		s := &server{kind: peero, addr: *attach, proc: *attachPID}
+		res, err := idleMemory(s, *attachIdle, *attachHold)
+		if err != nil {
+			log.Fatal(err)
+		}
+		log.Printf("idle %d peers: %.1f KiB per peer (RSS %d KiB)", *attachIdle, res.PerPeer, res.RSSKB)
 		return
 	}
 	if *attach != "" {

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Profiles a Peero build under the benchmark's loads, with the debug listener
+# of peero_debug.go.txt. Run bench/run.sh -smoke (or the full run) first: it
+# builds .bin/peero and .bin/bench.
+#
+#   bench/profile.sh [OUTDIR [PEERO_BINARY]]    default .profile and .bin/peero
+#
+# For 1 and 16 messages in flight a pair (the relay scenario's 50 pairs of
+# 1 KB offers), on a fresh server each: a 10 s CPU profile (cpu-W.pprof), a
+# 2 s execution trace taken after it (trace-W.out, for go tool trace), the
+# server's GODEBUG=gctrace=1 lines (server-W.log) and the load's own figures
+# (load-W.log). Then a heap profile with 10,000 idle peers (heap-idle.pprof).
+# It prints a summary: the top of each profile, tracestat's figures for each
+# trace (wake-ups, scheduler latency, GC pauses and assists), the last
+# gctrace lines.
+# Extra environment for the server (GOGC=200, GOMAXPROCS=…) passes through.
+set -euo pipefail
+cd "$(dirname "$0")"
+export PATH="$PATH:/usr/local/go/bin"
+out=$(realpath -m "${1:-.profile}")
+bin=$(realpath "${2:-.bin/peero}")
+mkdir -p "$out"
+ulimit -n "$(ulimit -Hn)"
+
+freeport() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# start_peero LOG: starts the server on core 0; sets pid, addr and dbg.
+start_peero() {
+  dbg=127.0.0.1:$(freeport)
+  PEERO_DEBUG_ADDR=$dbg GODEBUG=${GODEBUG:+$GODEBUG,}gctrace=1 taskset -c 0 "$bin" -port 0 2>"$1" &
+  pid=$! # taskset execs the server
+  for _ in $(seq 100); do
+    port=$(grep -o 'listening port=[0-9]*' "$1" | head -1 | cut -d= -f2) && [ -n "$port" ] && break
+    sleep 0.1
+  done
+  addr=127.0.0.1:$port
+}
+
+for w in 1 16; do
+  start_peero "$out/server-$w.log"
+  taskset -c 1 .bin/bench -attach "$addr" -attach-pid "$pid" -attach-window "$w" -rounds 4 2>"$out/load-$w.log" &
+  load=$!
+  sleep 3 # past the dialing and the first warm-up
+  curl -sS -o "$out/cpu-$w.pprof" "http://$dbg/debug/pprof/profile?seconds=10"
+  curl -sS -o "$out/trace-$w.out" "http://$dbg/debug/pprof/trace?seconds=2"
+  wait "$load"
+  kill "$pid"; wait "$pid" || true
+done
+
+start_peero "$out/server-idle.log"
+taskset -c 1 .bin/bench -attach "$addr" -attach-pid "$pid" -attach-idle 10000 -attach-hold 30s 2>"$out/load-idle.log" &
+load=$!
+sleep 20 # connected and settled
+curl -sS -o "$out/heap-idle.pprof" "http://$dbg/debug/pprof/heap?gc=1"
+curl -sS -o "$out/goroutines-idle.txt" "http://$dbg/debug/pprof/goroutine?debug=1"
+grep -E '^(VmRSS|VmHWM)' "/proc/$pid/status" >"$out/status-idle.txt"
+wait "$load"
+kill "$pid"; wait "$pid" || true
+
+for w in 1 16; do
+  echo "== relay, $w in flight: load"; grep relay "$out/load-$w.log"
+  echo "== CPU profile"; go tool pprof -top -nodecount=30 "$bin" "$out/cpu-$w.pprof" 2>/dev/null | head -40
+  echo "== the trace's figures (tracestat)"; (cd tracestat && go run . "$out/trace-$w.out")
+  echo "== scheduler latency (go tool trace -pprof=sched)"
+  go tool trace -pprof=sched "$out/trace-$w.out" >"$out/sched-$w.pprof" && go tool pprof -top -nodecount=15 "$out/sched-$w.pprof" 2>/dev/null | head -22
+  echo "== gctrace (last 5)"; grep '^gc ' "$out/server-$w.log" | tail -5
+done
+echo "== idle, 10,000 peers: heap in use"
+go tool pprof -sample_index=inuse_space -top -nodecount=20 "$bin" "$out/heap-idle.pprof" 2>/dev/null | head -28
+head -1 "$out/goroutines-idle.txt"; cat "$out/status-idle.txt"
