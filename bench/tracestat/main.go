@@ -1,9 +1,10 @@
 // Command tracestat summarizes a Go execution trace (runtime/trace, or a
 // server's /debug/pprof/trace) in the figures that explain a latency tail:
 // how often goroutines are woken, how long a runnable goroutine waits for the
-// processor (scheduler latency), how long goroutines run once they have it,
-// how many are runnable at once, and what the garbage collector costs
-// (stop-the-world pauses, mark assists). profile.sh runs it on each trace.
+// processor (scheduler latency), how long it keeps the processor once it has
+// it (a turn: until it blocks or is preempted), how many are runnable at
+// once, and what the garbage collector costs (stop-the-world pauses, mark
+// assists). profile.sh runs it on each trace.
 //
 //	go run ./tracestat [-by FUNCPREFIX] TRACE
 //
@@ -60,7 +61,7 @@ type group struct {
 	goroutines map[trace.GoID]bool
 	wakeups    int
 	waits      durations // runnable to running
-	runs       durations // running to not running
+	runs       durations // turns: running until blocked, preempted or gone
 }
 
 func main() {
@@ -133,7 +134,12 @@ func main() {
 			}
 			id := st.Resource.Goroutine()
 			from, to := st.Goroutine()
-			if from == trace.GoRunning && to != trace.GoRunning {
+			if from == trace.GoRunning && to == trace.GoSyscall {
+				syscalls++
+			}
+			// A turn ends when the goroutine blocks, is preempted or exits; a
+			// system call it returns from without waiting is part of it.
+			if (from == trace.GoRunning || from == trace.GoSyscall) && (to == trace.GoWaiting || to == trace.GoRunnable || to == trace.GoNotExist) {
 				if at, ok := runningAt[id]; ok {
 					d := t.Sub(at)
 					if k, ok := kindOf[id]; ok {
@@ -142,9 +148,6 @@ func main() {
 						pendingRun[id] = append(pendingRun[id], d)
 					}
 					delete(runningAt, id)
-				}
-				if to == trace.GoSyscall {
-					syscalls++
 				}
 				if to == trace.GoWaiting {
 					if _, ok := kindOf[id]; !ok {
@@ -185,7 +188,7 @@ func main() {
 				}
 				delete(runnableAt, id)
 			}
-			if to == trace.GoRunning {
+			if to == trace.GoRunning && from != trace.GoSyscall {
 				runningAt[id] = t
 			}
 		case trace.EventRangeBegin, trace.EventRangeActive:
@@ -228,14 +231,14 @@ func main() {
 		all.runs = append(all.runs, g.runs...)
 	}
 	sort.Slice(names, func(i, j int) bool { return len(groups[names[i]].waits) > len(groups[names[j]].waits) })
-	fmt.Printf("all goroutines: %d wake-ups (%.0f/s)\n  scheduler latency (runnable to running): %v\n  run time (running to blocked or preempted): %v\n",
+	fmt.Printf("all goroutines: %d wake-ups (%.0f/s)\n  scheduler latency (runnable to running): %v\n  turn (running until it blocks or is preempted, system calls included): %v\n",
 		all.wakeups, float64(all.wakeups)/span.Seconds(), all.waits, all.runs)
 	for _, name := range names {
 		g := groups[name]
 		if len(g.waits) == 0 && len(g.runs) == 0 {
 			continue
 		}
-		fmt.Printf("%s (%d goroutines): %d wake-ups (%.0f/s)\n  scheduler latency: %v\n  run time: %v\n",
+		fmt.Printf("%s (%d goroutines): %d wake-ups (%.0f/s)\n  scheduler latency: %v\n  turn: %v\n",
 			name, len(g.goroutines), g.wakeups, float64(g.wakeups)/span.Seconds(), g.waits, g.runs)
 	}
 	rnames := make([]string, 0, len(ranges))
