@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"runtime/trace"
 	"slices"
 	"strings"
 	"time"
@@ -53,6 +54,8 @@ func main() {
 	attachPID := flag.Int("attach-pid", 0, "the pid of the server of -attach")
 	attachWindow := flag.Int("attach-window", 1, "messages in flight per pair, with -attach")
 	attachIdle := flag.Int("attach-idle", 0, "with -attach: instead of the relay load, hold this many idle peers (rooms of two) for -attach-hold")
+	attachTrace := flag.String("attach-trace", "", "with -attach: write a 2 s execution trace of this load generator to this file")
+	attachTraceAt := flag.Duration("attach-trace-at", 3*time.Second, "when -attach-trace starts, after the start")
 	attachHold := flag.Duration("attach-hold", 30*time.Second, "how long -attach-idle holds its peers")
 	flag.StringVar(&peeroBin, "peero", peeroBin, "the Peero build to run (run.sh builds ../main.go there)")
 	probeAddr := flag.String("probe", "", "run as the room storm's probe against the Peero server at this address (the room storm starts it)")
@@ -74,6 +77,9 @@ func main() {
 	}
 	if *attach != "" {
 		s := &server{kind: peero, addr: *attach, proc: *attachPID}
+		if *attachTrace != "" {
+			go traceSelf(*attachTrace, *attachTraceAt, 2*time.Second)
+		}
 		for range c.rounds {
 			res, err := relay(s, c.pairs, *attachWindow, c.size, c.warmup, c.measure)
 			if err != nil {
@@ -219,6 +225,25 @@ func withServer(k kind, c config, f func(*server) error, args ...string) {
 		failures = append(failures, fmt.Sprintf("%s: %v", k, err))
 		log.Printf("%s: %v", k, err)
 	}
+}
+
+// traceSelf writes an execution trace of this program to file, for length
+// from after on: the load generator's own scheduling is part of the latency
+// it measures.
+func traceSelf(file string, after, length time.Duration) {
+	time.Sleep(after)
+	f, err := os.Create(file)
+	if err != nil {
+		log.Print(err)
+		return
+	}
+	defer f.Close()
+	if err := trace.Start(f); err != nil {
+		log.Print(err)
+		return
+	}
+	time.Sleep(length)
+	trace.Stop()
 }
 
 func init() {

@@ -7,7 +7,8 @@
 #
 # For 1 and 16 messages in flight a pair (the relay scenario's 50 pairs of
 # 1 KB offers), on a fresh server each: a 10 s CPU profile (cpu-W.pprof), a
-# 2 s execution trace taken after it (trace-W.out, for go tool trace), the
+# 2 s execution trace taken after it (trace-W.out, for go tool trace) and
+# one of the load generator at the same time (trace-load-W.out), the
 # server's GODEBUG=gctrace=1 lines (server-W.log) and the load's own figures
 # (load-W.log). Then a heap profile with 10,000 idle peers (heap-idle.pprof).
 # It prints a summary: the top of each profile, tracestat's figures for each
@@ -38,7 +39,7 @@ start_peero() {
 
 for w in 1 16; do
   start_peero "$out/server-$w.log"
-  taskset -c 1 .bin/bench -attach "$addr" -attach-pid "$pid" -attach-window "$w" -rounds 4 2>"$out/load-$w.log" &
+  taskset -c 1 .bin/bench -attach "$addr" -attach-pid "$pid" -attach-window "$w" -rounds 4 -attach-trace "$out/trace-load-$w.out" -attach-trace-at 13s 2>"$out/load-$w.log" &
   load=$!
   sleep 3 # past the dialing and the first warm-up
   curl -sS -o "$out/cpu-$w.pprof" "http://$dbg/debug/pprof/profile?seconds=10"
@@ -61,6 +62,7 @@ for w in 1 16; do
   echo "== relay, $w in flight: load"; grep relay "$out/load-$w.log"
   echo "== CPU profile"; go tool pprof -top -nodecount=30 "$bin" "$out/cpu-$w.pprof" 2>/dev/null | head -40
   echo "== the trace's figures (tracestat)"; (cd tracestat && go run . "$out/trace-$w.out")
+  echo "== the load generator's trace"; (cd tracestat && go run . "$out/trace-load-$w.out")
   echo "== scheduler latency (go tool trace -pprof=sched)"
   go tool trace -pprof=sched "$out/trace-$w.out" >"$out/sched-$w.pprof" && go tool pprof -top -nodecount=15 "$out/sched-$w.pprof" 2>/dev/null | head -22
   echo "== gctrace (last 5)"; grep '^gc ' "$out/server-$w.log" | tail -5
