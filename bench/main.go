@@ -99,7 +99,7 @@ func main() {
 		}
 	}
 	r := newResults()
-	started := time.Now()
+	started, loadBefore := time.Now(), loadAverage()
 	for round := 1; round <= c.rounds; round++ {
 		log.Printf("round %d of %d", round, c.rounds)
 		if c.runs("relay") {
@@ -197,7 +197,7 @@ func main() {
 			}, "-max-peers", fmt.Sprint(c.capacityPeers+100))
 		}
 	}
-	if err := r.write(c, time.Since(started)); err != nil {
+	if err := r.write(c, time.Since(started), loadBefore); err != nil {
 		log.Fatal(err)
 	}
 	if len(failures) > 0 {

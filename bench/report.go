@@ -74,7 +74,7 @@ func (r *results) ratio(scenario, metric string, num, den kind) string {
 	return fmt.Sprintf("%.2f×", median(a)/median(b))
 }
 
-func (r *results) write(c config, took time.Duration) error {
+func (r *results) write(c config, took time.Duration, loadBefore string) error {
 	var b strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
 	p("# Peero and PeerJS server, side by side")
@@ -82,7 +82,7 @@ func (r *results) write(c config, took time.Duration) error {
 	p("Written by `bench/run.sh` on %s in %s. %d rounds; every figure is the median of the rounds, with their range in brackets. Servers are pinned to core %s and the load generator to the other core (`taskset`); each run starts a fresh server process, and the servers take turns (A B A B). Everything talks over loopback.",
 		time.Now().UTC().Format("2006-01-02 15:04 UTC"), took.Round(time.Second), c.rounds, c.serverCPU)
 	p("")
-	p("Machine: %s. Versions: %s.", machine(), versions())
+	p("Machine: %s. Versions: %s. Load average (1, 5, 15 minutes) at the start: %s; at the end: %s. The servers and the load generator each use one core; well above 2 means other programs competed for the two cores.", machine(), versions(), loadBefore, loadAverage())
 	p("")
 	p("**Ratios read one way: above 1 means Peero is ahead.** For messages/s a ratio is Peero's over the other server's (Peero/PeerJS); for latency, CPU and memory it is the other server's over Peero's (PeerJS/Peero, floor/Peero). Each heading names its division.")
 	p("")
@@ -277,6 +277,16 @@ func niceCeil(x float64) float64 {
 		}
 	}
 	return 10 * step
+}
+
+// loadAverage returns the machine's load averages over 1, 5 and 15 minutes.
+func loadAverage() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], ", ")
 }
 
 func memGiB() string {
