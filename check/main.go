@@ -249,6 +249,7 @@ type T struct {
 	conns    []net.Conn        // to close when the check ends
 	names    int               // connections named so far
 	ids      map[string]string // id -> the name of its connection
+	joined   []*conn           // the connections that got a peers message
 	failures []string
 	skip     string
 }
@@ -380,6 +381,7 @@ func (t *T) connect(room string, o dialOptions) (*conn, error) {
 	t.run.gaveID(t.name, c.id)
 	t.mu.Lock()
 	t.ids[c.id] = c.name
+	t.joined = append(t.joined, c)
 	t.mu.Unlock()
 	return c, nil
 }

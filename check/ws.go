@@ -46,7 +46,7 @@ type conn struct {
 	wmu sync.Mutex // serializes writes: the reader writes pongs
 
 	autoPong atomic.Bool    // answer the server's pings (true unless a check clears it)
-	msgs     chan msg       // text and binary frames, in order; closed when reading ends
+	msgs     chan received  // text and binary frames, in order; closed when reading ends
 	pongs    chan []byte    // payloads of the server's pongs
 	pings    chan time.Time // when the server's pings arrived
 	done     chan struct{}  // closed when reading ends
@@ -119,7 +119,7 @@ func (t *T) dial(path string, o dialOptions) (*conn, *http.Response, error) {
 	nc.SetDeadline(t.deadline) // no read or write outlives the check
 	c := &conn{
 		t: t, name: t.nextName(), nc: nc,
-		msgs: make(chan msg, 4096), pongs: make(chan []byte, 256), pings: make(chan time.Time, 64),
+		msgs: make(chan received, 4096), pongs: make(chan []byte, 256), pings: make(chan time.Time, 64),
 		done: make(chan struct{}),
 	}
 	c.autoPong.Store(!o.noPongs)
@@ -160,12 +160,17 @@ func (c *conn) read(r *bufio.Reader) {
 		case opClose:
 			c.gotClose = true
 			return
-		default:
-			m := parseMsg(op, data)
-			c.t.run.envelope(c.t.name, fin, m)
-			c.msgs <- m
+		default: // parsed by next, so that pings are answered at once however many messages wait
+			c.msgs <- received{fin, op, data}
 		}
 	}
+}
+
+// received is a text or binary frame from the server.
+type received struct {
+	fin  bool
+	op   byte
+	data []byte
 }
 
 // readFrame reads one frame from the server.
@@ -241,10 +246,12 @@ func (c *conn) next() (msg, error) {
 	timer := time.NewTimer(c.t.cfg.timeout)
 	defer timer.Stop()
 	select {
-	case m, ok := <-c.msgs:
+	case f, ok := <-c.msgs:
 		if !ok {
 			return msg{}, c.ended()
 		}
+		m := parseMsg(f.op, f.data)
+		c.t.run.envelope(c.t.name, f.fin, m)
 		return m, nil
 	case <-timer.C:
 		return msg{}, fmt.Errorf("nothing within %v", c.t.cfg.timeout)
