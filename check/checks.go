@@ -87,6 +87,7 @@ var checks = []check{
 	{name: "liveness-server-pings", run: livenessServerPings},
 	{name: "liveness-silent-dropped", run: livenessSilentDropped},
 	{name: "liveness-traffic-keeps-alive", run: livenessTrafficKeepsAlive},
+	{name: "slow-peer-dropped", run: slowPeerDropped},
 	// What every other check saw
 	{name: "envelope-text-json-object", phase: summary, run: envelopeTextJSONObject},
 	{name: "id-unique", phase: summary, run: idUnique},
@@ -1393,6 +1394,61 @@ func livenessTrafficKeepsAlive(t *T) {
 	}
 	a.sync(fmt.Sprintf("A answered pings, and only that, for %v", stay))
 	b.sync(fmt.Sprintf("B sent a message every %v but answered no ping, for %v", t.cfg.ping/2, stay))
+}
+
+func slowPeerDropped(t *T) {
+	a, b := t.pair("/r")
+	s, resp, err := t.dial(t.path("/r"), dialOptions{noRead: true}) // reads nothing, not even its peers list
+	if err != nil || s == nil {
+		t.Fatalf("connecting to %s: %v %v", t.path("/r"), resp.Status, err)
+	}
+	m := a.expect("announce", "", "S, which reads nothing, joined")
+	sid := m.str("peerId")
+	b.expect("announce", sid, "S, which reads nothing, joined")
+	// A sends S offers until the server drops S, up to 64 MiB: more than 4 MiB
+	// waiting, plus what the sockets on the way hold.
+	const most = 64 << 20
+	offer := []byte(`{"type":"offer","peerId":"` + sid + `","signal":"` + strings.Repeat("x", min(t.cfg.maxBytes, 64<<10)-80) + `"}`)
+	removed := make(chan error, 1)
+	go func() { // ends when A gets remove of S, or fails to
+		m, err := a.next()
+		for err == nil && m.is("pong", "") {
+			m, err = a.next()
+		}
+		if err == nil && !m.is("remove", sid) {
+			err = fmt.Errorf("got %s", m)
+		}
+		removed <- err
+	}()
+	start, sent := time.Now(), 0
+	for sent < most {
+		select {
+		case err := <-removed:
+			if err != nil {
+				t.Fatalf("A sent S, which reads nothing, %d MiB of offers: A %v; want remove of S", sent>>20, err)
+			}
+			b.expect("remove", sid, "S was dropped")
+			a.marker(b, "S was dropped") // nor did S hold up anyone else
+			return
+		default:
+		}
+		if time.Since(start) > budget/2 {
+			t.Skipf("sent S only %d MiB in %v: the link is too slow for this check", sent>>20, budget/2)
+		}
+		if err := a.writeFrame(true, opText, offer); err != nil {
+			t.Fatalf("A sending offers to S: %v", err)
+		}
+		sent += len(offer)
+	}
+	select {
+	case err := <-removed:
+		if err == nil {
+			b.expect("remove", sid, "S was dropped")
+			return
+		}
+	case <-time.After(t.cfg.timeout):
+	}
+	t.Errorf("A sent S, which reads nothing, %d MiB of offers: S still in the room; want it dropped once more than 4 MiB waits for it", sent>>20)
 }
 
 // Summaries

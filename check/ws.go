@@ -63,6 +63,7 @@ type dialOptions struct {
 	noWS    bool     // a plain GET: no Upgrade, Connection or Sec-WebSocket-* headers
 	onOpen  []byte   // a text frame sent right after the handshake, before anything is read
 	noPongs bool     // do not answer the server's pings
+	noRead  bool     // read nothing after the handshake, with a small receive buffer: a slow peer
 }
 
 // dial opens a connection to path (which may carry a query string) and does
@@ -128,6 +129,12 @@ func (t *T) dial(path string, o dialOptions) (*conn, *http.Response, error) {
 			nc.Close()
 			return nil, resp, err
 		}
+	}
+	if o.noRead {
+		if tc, ok := nc.(*net.TCPConn); ok {
+			tc.SetReadBuffer(4096)
+		}
+		return c, resp, nil
 	}
 	go c.read(r) // ends when the connection ends: at the latest when the check ends and closes it
 	return c, resp, nil

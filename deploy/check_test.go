@@ -1,0 +1,69 @@
+package deploy
+
+import (
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// checkerFlags are the settings the instances run with, given to the checker
+// too, so that it checks them through nginx.
+var checkerFlags = []string{"-ping", "1s"}
+
+const checkerSecret = "deploy-check-secret"
+
+// runChecker builds the checker (../check, protocol.md made executable) and
+// runs it against addr with args; it returns its exit status and output.
+func runChecker(t *testing.T, addr string, args ...string) (int, string) {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "check")
+	build := exec.Command("go", "build", "-o", bin, "./check")
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the checker: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, append(args, "ws://"+addr)...)
+	cmd.Dir = ".."
+	out, err := cmd.Output()
+	if err != nil {
+		if exit, ok := err.(*exec.ExitError); ok {
+			return exit.ExitCode(), string(out)
+		}
+		t.Fatalf("running the checker: %v", err)
+	}
+	return 0, string(out)
+}
+
+// TestCheckerThroughNginx: every rule of protocol.md holds through nginx with
+// deploy/nginx.conf, as the checker sees it: a proxy that broke the protocol
+// (no Upgrade header passed on, frames buffered, a read timeout shorter than
+// Peero's pings) would fail it. Settings the instances were not started with
+// are skipped.
+func TestCheckerThroughNginx(t *testing.T) {
+	t.Setenv("PEERO_TURN_SECRET", checkerSecret) // for the instances, and the checker
+	proxy, _ := cluster(t, 3, shortTimeouts, checkerFlags...)
+	start := time.Now()
+	code, out := runChecker(t, proxy, append([]string{"-origin=", "-turn-secret", checkerSecret}, checkerFlags...)...)
+	t.Logf("checker through nginx, %v:\n%s", time.Since(start).Round(time.Millisecond), out)
+	if code != 0 || !regexp.MustCompile(`\n\d+ passed, 0 failed, \d+ skipped\n$`).MatchString(out) {
+		t.Errorf("checker exit %d; want 0, nothing failed", code)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "SKIP ") && !strings.HasPrefix(line, "SKIP server-full:") && !strings.HasPrefix(line, "SKIP origin-allow-list:") {
+			t.Errorf("%s; want only server-full and origin-allow-list skipped (settings the instances do not have)", line)
+		}
+	}
+}
+
+// TestCheckerCatchesShortReadTimeout: the checker fails behind an nginx whose
+// read timeout is shorter than Peero's ping interval: idle peers are cut.
+func TestCheckerCatchesShortReadTimeout(t *testing.T) {
+	proxy, _ := cluster(t, 1, proxyTimeouts{connect: time.Second, read: 300 * time.Millisecond}, "-ping", "1s")
+	code, out := runChecker(t, proxy, "-ping", "1s", "-write-timeout", "1s", "-run", "^ws-ping-answered-after-quiet$")
+	if code != 1 || !strings.HasPrefix(out, "FAIL ws-ping-answered-after-quiet: ") {
+		t.Errorf("checker exit %d, output:\n%s\nwant exit 1 and FAIL ws-ping-answered-after-quiet", code, out)
+	}
+}
