@@ -497,7 +497,7 @@ func serverFull(t *T) {
 	}
 	// One room if it can hold them all, so that a proxy sharding by room
 	// sends them all to one server. -max-room-peers is 1000 by default.
-	perRoom := min(n+1, t.cfg.maxRoomPeers-1)
+	perRoom := min(n+1, cmp.Or(t.cfg.maxRoomPeers, 1000)-1)
 	joined, room := 0, ""
 	var last []*conn    // the peers of the last room
 	for r := 0; ; r++ { // until a join is refused

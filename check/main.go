@@ -90,9 +90,9 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 	fs.DurationVar(&cfg.timeout, "timeout", 3*time.Second, "how long to wait for each reply")
 	fs.DurationVar(&cfg.writeTimeout, "write-timeout", 10*time.Second, "the server's write timeout")
 	fs.BoolVar(&cfg.slow, "slow", false, "also run the checks that take longer than "+budget.String())
-	fs.DurationVar(&cfg.ping, "ping", 20*time.Second, "the server's -ping interval")
-	fs.IntVar(&cfg.maxPeers, "max-peers", 10000, "the server's -max-peers (server-full fills the server: it opens that many connections)")
-	fs.IntVar(&cfg.maxRoomPeers, "max-room-peers", 1000, "the server's -max-room-peers")
+	fs.DurationVar(&cfg.ping, "ping", 0, "the server's -ping interval (if not given, the liveness checks are skipped)")
+	fs.IntVar(&cfg.maxPeers, "max-peers", 0, "the server's -max-peers (if not given, server-full is skipped; it fills the server)")
+	fs.IntVar(&cfg.maxRoomPeers, "max-room-peers", 0, "the server's -max-room-peers (if not given, room-full is skipped)")
 	fs.IntVar(&cfg.maxBytes, "max-bytes", 64<<10, "the server's frame size limit")
 	origins := fs.String("origin", "", "the server's -origin list; -origin= for none (any origin allowed)")
 	turn := fs.String("turn", "", "the server's -turn URLs; -turn= for no TURN")
@@ -102,6 +102,9 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 		return 2
 	}
 	fs.Visit(func(f *flag.Flag) { cfg.given[f.Name] = true })
+	cfg.given["ping"] = cfg.given["ping"] && cfg.ping > 0 // 0 is not a setting
+	cfg.given["max-peers"] = cfg.given["max-peers"] && cfg.maxPeers > 0
+	cfg.given["max-room-peers"] = cfg.given["max-room-peers"] && cfg.maxRoomPeers > 0
 	if s := getenv("PEERO_TURN_SECRET"); s != "" && !cfg.given["turn-secret"] {
 		cfg.turnSecret, cfg.given["turn-secret"] = s, true
 	}
@@ -110,7 +113,7 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 	}
 	cfg.origins, cfg.turnURLs = split(*origins), split(*turn)
 	filter, err := regexp.Compile(*only)
-	if err != nil || fs.NArg() != 1 {
+	if err != nil || fs.NArg() != 1 || cfg.maxBytes < 64 {
 		fs.Usage()
 		return 2
 	}
