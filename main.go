@@ -1,29 +1,30 @@
-// Peero is a WebRTC signaling server: it keeps the list of online peers of
-// each room and passes signals (SDP offers and answers, ICE candidates)
-// between them. All real traffic then flows peer to peer. Run it with
-// go run main.go [-port 8080] [-ping 20s] [-max-peers 10000] [-origin https://a.example,…] [-v].
+// Peero is a WebRTC signaling server: it keeps the list of online peers of each room
+// and passes signals (SDP offers and answers, ICE candidates) between them. All real
+// traffic then flows peer to peer. Run it with go run main.go (-h lists the flags).
 //
-// Peers connect with a WebSocket to ws://HOST:8080/ROOM (the path names the
-// room) and exchange JSON objects with a string field "type", one a text frame:
-//
-//	A joins /chat: A <- {"type":"peers","id":"A…","peers":[]}; B joins: B <- {"type":"peers","id":"B…","peers":["A…"]}, A <- {"type":"announce","peerId":"B…"}
-//	B -> {"type":"offer","peerId":"A…","signal":{…}}: A <- {"type":"offer","peerId":"B…","signal":{…}}; answers and candidates likewise; B leaves: A <- {"type":"remove","peerId":"B…"}
-//
-// protocol.md is the full specification. Server is an http.Handler: mount it directly (a mux that cleans paths merges rooms), or call Run.
+// Peers connect with a WebSocket to ws://HOST:8080/ROOM (the path names the room) and
+// exchange JSON objects, one a text frame. The server sends each peer its id and the
+// others' ("peers"), tells the room of arrivals ("announce") and departures ("remove"),
+// and relays "offer", "answer" and "candidate" with "peerId" set to the sender.
+// protocol.md is the full specification. Server is an http.Handler: mount it directly
+// (a mux that cleans paths would merge rooms), or call Run.
 package main
 
 import (
 	"bufio"
-	"bytes"
 	"cmp"
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha1"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -39,90 +40,138 @@ import (
 	"golang.org/x/net/websocket"
 )
 
+const (
+	maxQueuedPerPeer = 4 << 20  // signals for a peer are KiB; MiB mean it stopped reading
+	maxURIBytes      = 1024     // the room and query are kept while the peer is, and logged
+	maxHeader        = 12 << 10 // request head bytes for Run; net/http adds 4 KiB; browsers: 1-2
+)
+
 // Options configures a Server. A zero field means its default.
 type Options struct {
-	Port            string        // TCP port Run listens on; default "8080"; "0" picks a free one
-	MaxMessageBytes int           // largest frame accepted; default 64 KiB
-	MaxPeers        int           // over all rooms; default 10000
-	PingInterval    time.Duration // how often peers are pinged; default 20s
-	WriteTimeout    time.Duration // how long sending what waits for a peer may take; default 10s
-	Origins         []string      // browser Origin values allowed; empty allows any. A request with no Origin header (not a browser) is always allowed.
+	// Addr is the address Run listens on, such as "127.0.0.1:8080"; default ":" + Port,
+	// every interface. Port defaults to "8080"; "0" picks a free port.
+	Addr, Port string
+	// MaxMessageBytes is the largest frame accepted; default 64 KiB.
+	MaxMessageBytes int
+	// MaxPeers and MaxRoomPeers are the most peers held at once, over all rooms (default
+	// 10000) and in one room (default 1000).
+	MaxPeers, MaxRoomPeers int
+	// MaxQueuedBytes bounds the bytes waiting to be sent to all peers together; default
+	// 256 MiB. Past it, a peer that still has bytes waiting is dropped, not sent more.
+	MaxQueuedBytes int
+	// PingInterval is how often each peer is pinged; default 20s. Silent for two: dropped.
+	PingInterval time.Duration
+	// WriteTimeout is how long one write to a peer may take; default 10s.
+	WriteTimeout time.Duration
+	// Origins lists the browser Origins allowed; default any. Non-browsers send none: allowed.
+	Origins []string
+	// TURN lists TURN (and STUN) URLs for every peers message, with a credential from
+	// TURNSecret, coturn's static-auth-secret, that works for TURNTTL (default 24h).
+	TURN       []string
+	TURNSecret string
+	TURNTTL    time.Duration
 }
 
-// Events lets a program watch the server, like the Node.js Peero's events. Any hook may be nil; hooks run without the lock,
-// maybe on several goroutines at once, and must not call Close. Per peer: Connection, Peers, Announce first; Remove once, last.
+// Events lets a program watch the server, like the Node.js Peero's events. Any hook may be
+// nil. Hooks run without the server's lock, possibly on several goroutines at once, and
+// must not call Close. For each peer, Connection, Peers, Announce come first; Remove, last.
 type Events struct {
-	Connection func(p *Peer)                                        // p connected and joined its room (before its peers list is sent)
-	Message    func(p *Peer, message []byte)                        // any message received from p, before it is handled, bad ones included
-	Offer      func(p *Peer, signal json.RawMessage)                // p's offer was handed on to every other peer of the room, or to the one named
-	Answer     func(p *Peer, peerID string, signal json.RawMessage) // an answer was handed on to p; peerID is the answering peer
-	Announce   func(p *Peer)                                        // the others of p's room were told p joined
-	Peers      func(p *Peer, peers []string)                        // the peers list was sent to p
-	Remove     func(peerID string)                                  // the peer left its room (closed, dropped, or server closing); the room was told
-	Error      func(err error, p *Peer)                             // the server dropped p for a fault (a write failed or timed out, its queue overflowed, no sign of life for two ping intervals); Remove follows. Not called for a normal close or for Close
+	// Connection is called when p has joined its room, before its peers list is sent.
+	Connection func(p *Peer)
+	// Message is called with every message from p, bad ones included, before it is handled.
+	Message func(p *Peer, message []byte)
+	// Offer is called after p's offer was handed on to its room, or to the peer it named.
+	Offer func(p *Peer, signal json.RawMessage)
+	// Answer is called after an answer from peerID was handed on to p.
+	Answer func(p *Peer, peerID string, signal json.RawMessage)
+	// Announce is called after the others of p's room were told p joined.
+	Announce func(p *Peer)
+	// Peers is called after a peers list was queued for p.
+	Peers func(p *Peer, peers []string)
+	// Error is called when the server drops p for a fault: a read or write failed or
+	// timed out, too much waited for it, or it was silent for two ping intervals. Remove
+	// follows. It is not called when the client closes, nor for Close.
+	Error func(err error, p *Peer)
+	// Remove is called after p left its room and the others were told.
+	Remove func(p *Peer)
 }
 
 // Peer is one connected client.
 type Peer struct {
-	ID       string          // assigned by the server: 128 random bits as text, never reused
-	Room     string          // the URL path the peer connected to
-	conn     *websocket.Conn // for reading, and closing
-	raw      net.Conn        // for writing frames: see write
-	lastSeen atomic.Int64    // UnixNano of the last bytes read from the peer, pongs included
-	wake     chan struct{}   // buffered (1): the writer has something to look at
+	ID   string // assigned by the server: 128 random bits as text, never reused
+	Room string // the URL path the peer connected to
 
-	mu      sync.Mutex // guards the fields below
-	queue   [][]byte   // frames waiting for the writer, oldest first: a header, then its message
-	queued  int        // bytes of the messages in queue, headers not counted
-	dropped error      // why the peer is leaving, once it is: nothing more is queued then
+	conn     *websocket.Conn // x/net's side: reads, pongs, the close frame
+	raw      net.Conn        // the writer's side: the queued frames
+	lastSeen atomic.Int64    // UnixNano of the last read from the peer, pongs included
+
+	mu      sync.Mutex  // guards the fields below
+	queue   net.Buffers // frames waiting to be written: a header, then its payload
+	queued  int         // bytes of the payloads in queue
+	writing bool        // a writer runs, or serve will start one
+	dropped error       // why the peer is leaving, once it is; nothing is queued then
 }
 
-// Server is a Peero server: New, set Events, then call Run or mount it as an http.Handler. Call Close when finished.
+// Server is a Peero server: New, set Events, then call Run or mount it as an http.Handler.
+// The caller should call Close when finished.
 type Server struct {
 	Events Events // set before serving
-	opts   Options
-	wg     sync.WaitGroup     // counts read loops and writers, for Close
-	stop   context.Context    // done once Close has begun
-	cancel context.CancelFunc // called by Close, under mu
 
-	mu    sync.Mutex         // guards the fields below
-	rooms map[string][]*Peer // room -> its peers; join and leave replace a room's slice, never change it, so readers may keep one
+	opts   Options
+	wg     sync.WaitGroup     // counts read loops, writers and the pinger, for Close
+	stop   context.Context    // done when Close begins
+	cancel context.CancelFunc // called by Close, under mu
+	queued atomic.Int64       // bytes waiting for all peers: queued, or being written
+
+	mu    sync.Mutex         // guards rooms and count
+	rooms map[string][]*Peer // room -> its peers: replaced, never changed, so usable unlocked
 	count int                // peers in all rooms
 }
 
-// New returns a Server with opts, defaults filled in.
+// New returns a Server with opts, defaults filled in, and starts its pinger.
 func New(opts Options) *Server {
 	opts.Port = cmp.Or(opts.Port, "8080")
 	opts.MaxMessageBytes = cmp.Or(opts.MaxMessageBytes, 64<<10)
 	opts.MaxPeers = cmp.Or(opts.MaxPeers, 10000)
+	opts.MaxRoomPeers = cmp.Or(opts.MaxRoomPeers, 1000)
+	opts.MaxQueuedBytes = cmp.Or(opts.MaxQueuedBytes, 256<<20)
 	opts.PingInterval = cmp.Or(opts.PingInterval, 20*time.Second)
 	opts.WriteTimeout = cmp.Or(opts.WriteTimeout, 10*time.Second)
+	opts.TURNTTL = cmp.Or(opts.TURNTTL, 24*time.Hour)
 	s := &Server{opts: opts, rooms: make(map[string][]*Peer)}
 	s.stop, s.cancel = context.WithCancel(context.Background())
+	s.wg.Add(1)
+	go s.ping()
 	return s
 }
 
 // ServeHTTP upgrades r to a WebSocket and serves the peer until it leaves.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if s.stop.Err() != nil {
+	origin := r.Header.Get("Origin")
+	switch {
+	case s.stop.Err() != nil:
 		http.Error(w, "peero: server closed", http.StatusServiceUnavailable)
-		return
-	}
-	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+	case !strings.EqualFold(r.Header.Get("Upgrade"), "websocket"):
 		w.Header().Set("Upgrade", "websocket")
-		http.Error(w, "peero: this is a WebRTC signaling server; connect with a WebSocket to ws://HOST/ROOM", http.StatusUpgradeRequired)
-		return
-	}
-	p := &Peer{ID: rand.Text(), Room: r.URL.Path, wake: make(chan struct{}, 1)}
-	p.lastSeen.Store(time.Now().UnixNano())
-	if o := r.Header.Get("Origin"); o != "" && len(s.opts.Origins) > 0 && !slices.Contains(s.opts.Origins, o) {
+		http.Error(w, "peero: this is a WebRTC signaling server; "+
+			"connect with a WebSocket to ws://HOST/ROOM", http.StatusUpgradeRequired)
+	case !r.ProtoAtLeast(1, 1):
+		http.Error(w, "peero: a WebSocket needs HTTP/1.1", http.StatusBadRequest)
+	case len(r.RequestURI) > maxURIBytes:
+		http.Error(w, "peero: URI too long", http.StatusRequestURITooLong)
+	case origin != "" && len(s.opts.Origins) > 0 && !slices.Contains(s.opts.Origins, origin):
 		http.Error(w, "peero: origin not allowed", http.StatusForbidden)
-		return
+	default:
+		p := &Peer{ID: rand.Text(), Room: r.URL.Path}
+		p.lastSeen.Store(time.Now().UnixNano())
+		// Not websocket.Handler, which refuses file:// pages. No subprotocol: Peero has none.
+		none := func(c *websocket.Config, _ *http.Request) error { c.Protocol = nil; return nil }
+		websocket.Server{Handshake: none, Handler: func(c *websocket.Conn) {
+			r.Header = nil // up to 16 KiB, which c would keep as long as the peer stays
+			p.conn, c.MaxPayloadBytes = c, s.opts.MaxMessageBytes
+			s.serve(p)
+		}}.ServeHTTP(&liveConn{ResponseWriter: w, p: p, timeout: s.opts.WriteTimeout}, r)
 	}
-	websocket.Server{Handler: func(c *websocket.Conn) { // not websocket.Handler: it refuses no Origin, and file:// pages
-		p.conn, c.MaxPayloadBytes = c, s.opts.MaxMessageBytes
-		s.serve(p)
-	}}.ServeHTTP(&liveConn{ResponseWriter: w, p: p}, r)
 }
 
 // serve is p's read loop: it joins p, handles its messages in order, then removes p.
@@ -137,53 +186,60 @@ func (s *Server) serve(p *Peer) {
 	if s.Events.Connection != nil {
 		s.Events.Connection(p)
 	}
-	go p.write(s) // join queued p's peers list; it goes out now, after Connection
+	s.wg.Add(1)
+	go s.write(p) // join queued the peers list, and left starting the writer to us
 	if s.Events.Peers != nil {
-		s.Events.Peers(p, peerIDs(others))
+		s.Events.Peers(p, peerIDs(others, nil))
 	}
-	sendAll(others, nil, []byte(`{"type":"announce","peerId":"`+p.ID+`"}`)) // ids need no escaping
+	s.sendAll(others, nil, []byte(`{"type":"announce","peerId":"`+p.ID+`"}`)) // ids: no escaping
 	if s.Events.Announce != nil {
 		s.Events.Announce(p)
 	}
 	var last []byte // a final message for p, sent just before closing
 	for {
 		var f frame
-		if err := codec.Receive(p.conn, &f); err != nil { // EOF, a close frame, a broken connection, a drop
-			if err == websocket.ErrFrameTooLarge {
-				last = errorMessage(fmt.Sprintf("frame larger than %d bytes; closing", s.opts.MaxMessageBytes))
+		if err := codec.Receive(p.conn, &f); err != nil {
+			switch err {
+			case websocket.ErrFrameTooLarge:
+				err = fmt.Errorf("frame larger than %d bytes", s.opts.MaxMessageBytes)
+				fallthrough
+			case errReservedOpcode:
+				last = errorMessage(err.Error() + "; closing")
+			}
+			if err != io.EOF { // a fault, unless a drop caused it: drop keeps the first reason
+				s.drop(p, err)
 			}
 			break
 		}
 		if s.Events.Message != nil {
 			s.Events.Message(p, f.data)
 		}
+		s.mu.Lock()
+		room := s.rooms[p.Room] // replaced, never changed: safe to use unlocked
+		s.mu.Unlock()
 		typ, peerID, signal, err := parse(f)
 		switch {
 		case err != nil:
-			p.send(errorMessage(err.Error()))
+			s.send(p, errorMessage(err.Error()))
 		case typ == "ping":
-			p.send([]byte(`{"type":"pong"}`))
+			s.send(p, []byte(`{"type":"pong"}`))
 		case typ == "peers":
-			s.mu.Lock()
-			ids := slices.DeleteFunc(peerIDs(s.rooms[p.Room]), func(id string) bool { return id == p.ID })
-			s.mu.Unlock()
-			p.send(peersMessage(p.ID, ids))
+			ids := peerIDs(room, p)
+			s.send(p, s.peersMessage(p, ids))
 			if s.Events.Peers != nil {
 				s.Events.Peers(p, ids)
 			}
-		default: // offer, answer or candidate: relayed with p as the sender
-			s.mu.Lock()
-			to := s.rooms[p.Room] // join and leave replace it, never change it: it may be used unlocked
-			s.mu.Unlock()
+		default: // an offer, answer or candidate: relayed with p as the sender
+			to := room
 			if peerID != "" {
 				i := slices.IndexFunc(to, func(o *Peer) bool { return o.ID == peerID && o != p })
 				if i < 0 {
-					p.send(errorMessage(fmt.Sprintf("no peer %q in this room", peerID)))
+					s.send(p, errorMessage(fmt.Sprintf("no peer %q in this room", peerID)))
 					break
 				}
 				to = to[i : i+1]
 			}
-			sendAll(to, p, relayed(typ, p.ID, signal))
+			s.sendAll(to, p, relayed(typ, p.ID, signal))
 			if typ == "offer" && s.Events.Offer != nil {
 				s.Events.Offer(p, signal)
 			}
@@ -192,21 +248,23 @@ func (s *Server) serve(p *Peer) {
 			}
 		}
 	}
-	if reason := p.drop(io.EOF); reason != io.EOF && reason != context.Canceled && s.Events.Error != nil {
+	if reason := s.drop(p, io.EOF); reason != io.EOF && reason != context.Canceled &&
+		s.Events.Error != nil {
 		s.Events.Error(reason, p)
 	}
-	sendAll(s.leave(p), nil, []byte(`{"type":"remove","peerId":"`+p.ID+`"}`))
+	s.sendAll(s.leave(p), nil, []byte(`{"type":"remove","peerId":"`+p.ID+`"}`))
 	if s.Events.Remove != nil {
-		s.Events.Remove(p.ID)
+		s.Events.Remove(p)
 	}
-	p.raw.SetWriteDeadline(time.Now().Add(time.Second)) // x/net's Close waits behind a write in progress
+	p.raw.SetDeadline(time.Now().Add(time.Second)) // for the close (x/net's Close cannot linger)
 	if last != nil {
-		p.conn.Write(last)
+		p.raw.Write(append(header(last), last...))
 	}
-	p.conn.Close() // a close frame, best effort
+	p.raw.Write([]byte{0x88, 2, 0x03, 0xe8}) // a close frame, status 1000
+	io.Copy(io.Discard, p.raw)               // until the client closes: unread bytes would reset it
 }
 
-// parse checks a frame against the protocol, all but whether peerID is in the room: typ is a client type;
+// parse checks a frame against all of the protocol but the room: typ is a client type;
 // offer, answer and candidate have a signal, and all but offer a peerID (the recipient).
 func parse(f frame) (typ, peerID string, signal json.RawMessage, err error) {
 	switch {
@@ -214,11 +272,11 @@ func parse(f frame) (typ, peerID string, signal json.RawMessage, err error) {
 		return "", "", nil, errors.New("binary frames are not accepted; send JSON as text")
 	case !utf8.Valid(f.data):
 		return "", "", nil, errors.New("message is not valid UTF-8")
-	case !json.Valid(f.data) || bytes.TrimSpace(f.data)[0] != '{':
+	}
+	var fields map[string]json.RawMessage // not a struct: its keys would match in any case
+	if json.Unmarshal(f.data, &fields) != nil || fields == nil {
 		return "", "", nil, errors.New("message is not a JSON object")
 	}
-	fields := map[string][]byte{}
-	members(f.data, func(key string, value []byte) { fields[key] = value })
 	if typ, err = jsonString(fields, "type", true); err != nil || typ == "ping" || typ == "peers" {
 		return typ, "", nil, err
 	}
@@ -232,69 +290,37 @@ func parse(f frame) (typ, peerID string, signal json.RawMessage, err error) {
 	return typ, peerID, signal, err
 }
 
-// jsonString returns fields[key], a JSON string that is not empty, or "" if it is absent and not required.
-func jsonString(fields map[string][]byte, key string, required bool) (s string, err error) {
-	raw, ok := fields[key]
+// jsonString returns fields[key], a JSON string not empty, or "" if absent and not required.
+func jsonString(m map[string]json.RawMessage, key string, required bool) (s string, err error) {
+	raw, ok := m[key]
 	if ok && (raw[0] != '"' || json.Unmarshal(raw, &s) != nil || s == "") || !ok && required {
 		err = fmt.Errorf("message needs %q, a string that is not empty", key)
 	}
 	return s, err
 }
 
-// members calls f with the key and raw value of each member of obj, a valid JSON object. It is here for speed:
-// json.Unmarshal would scan obj twice (json.Valid is one scan), and it matches struct fields case-insensitively.
-func members(obj []byte, f func(key string, value []byte)) {
-	depth, start, key := 0, 0, []byte(nil)
-	for i := 0; i < len(obj); i++ {
-		switch c := obj[i]; {
-		case c == '"':
-			j := i
-			for i++; obj[i] != '"'; i++ {
-				if obj[i] == '\\' {
-					i++ // skip the escaped character
-				}
-			}
-			if depth == 1 && key == nil {
-				key = obj[j : i+1]
-			}
-		case c == ':' && depth == 1:
-			start = i + 1
-		case c == '{' || c == '[':
-			depth++
-		case c == ',' || c == '}' || c == ']':
-			if depth == 1 && key != nil { // the end of a member
-				var k string
-				json.Unmarshal(key, &k)
-				f(k, bytes.TrimSpace(obj[start:i]))
-				key = nil
-			}
-			if c != ',' {
-				depth--
-			}
-		}
-	}
-}
-
-// join adds p to its room, queues its peers list, and returns the peers it names.
+// join adds p to its room and queues its peers list, which names the peers it returns.
 func (s *Server) join(p *Peer) ([]*Peer, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.stop.Err() != nil {
-		return nil, errors.New("server closing")
-	}
-	if s.count >= s.opts.MaxPeers {
-		return nil, errors.New("server full")
-	}
 	others := s.rooms[p.Room]
+	switch {
+	case s.stop.Err() != nil:
+		return nil, errors.New("server closing")
+	case s.count >= s.opts.MaxPeers:
+		return nil, errors.New("server full")
+	case len(others) >= s.opts.MaxRoomPeers:
+		return nil, errors.New("room full")
+	}
 	s.rooms[p.Room] = append(slices.Clip(others), p) // Clip: append must copy, not change others
 	s.count++
-	s.wg.Add(2) // for p's read loop and writer, under s.mu so that Close cannot begin waiting first
-	msg := peersMessage(p.ID, peerIDs(others))
-	p.queue = [][]byte{header(msg), msg} // no lock: no one else sees p before s.mu is released
-	p.nudge()
+	s.wg.Add(1) // for p's read loop, under mu so that Close cannot begin waiting first
+	msg := s.peersMessage(p, peerIDs(others, nil))
+	p.queue, p.writing = net.Buffers{header(msg), msg}, true // no lock: unseen yet; not counted
 	return others, nil
 }
 
+// leave removes p from its room and returns the peers left there.
 func (s *Server) leave(p *Peer) []*Peer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -305,87 +331,106 @@ func (s *Server) leave(p *Peer) []*Peer {
 	return others
 }
 
-func sendAll(peers []*Peer, except *Peer, msg []byte) {
+// peers returns the peers of every room.
+func (s *Server) peers() []*Peer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Concat(slices.Collect(maps.Values(s.rooms))...)
+}
+
+func (s *Server) sendAll(peers []*Peer, except *Peer, msg []byte) {
 	for _, p := range peers {
 		if p != except {
-			p.send(msg)
+			s.send(p, msg)
 		}
 	}
 }
 
-// send queues msg for p's writer, or drops p if more than 4 MiB would wait. It never blocks.
-func (p *Peer) send(msg []byte) {
+// send queues msg for p (nil: a ping) and starts p's writer if none runs. It never blocks:
+// it drops a peer with too much waiting. Its caller is in s.wg, so Close waits for both.
+func (s *Server) send(p *Peer, msg []byte) {
+	serverFull := s.queued.Load()+int64(len(msg)) > int64(s.opts.MaxQueuedBytes)
 	p.mu.Lock()
-	full := p.queued+len(msg) > 4<<20 // hundreds of signals waiting are normal; megabytes mean p stopped reading
+	waiting := p.queued + len(msg)
+	full := waiting > maxQueuedPerPeer || serverFull && p.queued > 0
+	start := p.dropped == nil && !full && !p.writing
 	if p.dropped == nil && !full {
-		p.queue, p.queued = append(p.queue, header(msg), msg), p.queued+len(msg)
+		p.queue, p.queued, p.writing = append(p.queue, header(msg), msg), waiting, true
+		s.queued.Add(int64(len(msg)))
 	}
 	p.mu.Unlock()
 	if full {
-		p.drop(errors.New("more than 4 MiB waiting to be sent"))
+		s.drop(p, fmt.Errorf("%d bytes waiting; %d for all peers", waiting, s.queued.Load()))
 	}
-	p.nudge()
-}
-
-func (p *Peer) nudge() {
-	select {
-	case p.wake <- struct{}{}:
-	default: // a nudge is pending already
+	if start {
+		s.wg.Add(1)
+		go s.write(p)
 	}
 }
 
-// write is p's writer goroutine, from serve to drop: it sends the queue in order, and pings p each interval (drops it if silent for two).
-func (p *Peer) write(s *Server) {
+// write is p's writer, from send or serve until p's queue is empty or p is dropped. It
+// writes a batch with one writev, past x/net, which makes each message two system calls.
+func (s *Server) write(p *Peer) {
+	defer s.wg.Done()
+	for {
+		p.mu.Lock()
+		batch, n := p.queue, p.queued
+		p.queue, p.queued = nil, 0
+		more := len(batch) > 0 && p.dropped == nil
+		p.writing = more
+		p.mu.Unlock()
+		if !more {
+			return
+		}
+		p.raw.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
+		_, err := batch.WriteTo(p.raw) // whole: a net.Conn locks each write, x/net's too
+		s.queued.Add(-int64(n))
+		if err != nil {
+			s.drop(p, fmt.Errorf("send to %s: %w", p.ID, err))
+		}
+	}
+}
+
+// ping is the pinger, from New to Close: it pings each peer, and drops the silent ones.
+func (s *Server) ping() {
 	defer s.wg.Done()
 	ticker := time.NewTicker(s.opts.PingInterval)
 	defer ticker.Stop()
 	for {
-		var frames net.Buffers
 		select {
-		case <-p.wake:
 		case <-s.stop.Done():
-			p.drop(context.Canceled)
+			return
 		case now := <-ticker.C:
-			if now.UnixNano()-p.lastSeen.Load() > int64(2*s.opts.PingInterval) {
-				p.drop(errors.New("nothing received for two ping intervals"))
+			for _, p := range s.peers() {
+				if now.UnixNano()-p.lastSeen.Load() > int64(2*s.opts.PingInterval) {
+					s.drop(p, errors.New("nothing received for two ping intervals"))
+				} else {
+					s.send(p, nil)
+				}
 			}
-			frames = net.Buffers{{0x89, 0}} // a ping frame: x/net has no ping call
-		}
-		p.mu.Lock()
-		batch, dropped := p.queue, p.dropped != nil
-		p.queue, p.queued = nil, 0
-		p.mu.Unlock()
-		if dropped {
-			return
-		}
-		frames = append(frames, batch...)                           // one writev a batch, no copies, past x/net (its pongs cannot interleave: a net.Conn locks each write)
-		p.raw.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout)) // per batch, so a drop's deadline sticks
-		if _, err := frames.WriteTo(p.raw); err != nil {
-			p.drop(fmt.Errorf("send to %s: %w", p.ID, err))
-			return
 		}
 	}
 }
 
-// drop ends p's traffic and wakes its read loop and writer. It returns the first reason given.
-func (p *Peer) drop(reason error) error {
+// drop empties p's queue and wakes its read loop to remove p. It returns the first reason.
+func (s *Server) drop(p *Peer, reason error) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.dropped == nil {
-		p.dropped, p.queue = reason, nil
-		p.conn.SetDeadline(time.Now()) // not I/O: it wakes the blocked read and write
-		p.nudge()
+		s.queued.Add(-int64(p.queued))
+		p.dropped, p.queue, p.queued = reason, nil, 0
+		p.conn.SetDeadline(time.Now()) // not I/O: it wakes the blocked read and any write
 	}
 	return p.dropped
 }
 
-// Run listens on Options.Port, calls ready (if not nil) with the real port, and serves until Close.
+// Run listens on Options.Addr, calls ready (if not nil) with the port, and serves until Close.
 func (s *Server) Run(ready func(port string)) error {
-	ln, err := net.Listen("tcp", ":"+s.opts.Port)
+	ln, err := net.Listen("tcp", cmp.Or(s.opts.Addr, ":"+s.opts.Port))
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeader}
 	context.AfterFunc(s.stop, func() { hs.Close() }) // it leaves hijacked connections to Close
 	if ready != nil {
 		ready(fmt.Sprint(ln.Addr().(*net.TCPAddr).Port))
@@ -393,72 +438,107 @@ func (s *Server) Run(ready func(port string)) error {
 	if err := hs.Serve(ln); err != http.ErrServerClosed {
 		return err
 	}
-	return s.Close(nil) // waits for the Close in progress
+	return s.Close() // waits for the Close in progress
 }
 
-// Close stops accepting, closes every peer, waits for their goroutines to end, then calls done (if not nil).
-func (s *Server) Close(done func()) error {
+// Close closes every peer with a close frame, and returns when all goroutines have ended.
+func (s *Server) Close() error {
 	s.mu.Lock()
-	s.cancel() // every writer then drops its peer
+	s.cancel() // under mu: no join after it
 	s.mu.Unlock()
-	s.wg.Wait()
-	if done != nil {
-		done()
+	for _, p := range s.peers() {
+		s.drop(p, context.Canceled)
 	}
+	s.wg.Wait()
 	return nil
 }
 
+// frame is a message received, with its kind.
 type frame struct {
 	data   []byte
 	binary bool
 }
 
+var errReservedOpcode = errors.New("reserved WebSocket opcode")
+
 // codec receives a frame with its kind, which x/net's Message codec hides.
-var codec = websocket.Codec{Unmarshal: func(data []byte, payloadType byte, v any) error {
-	*v.(*frame) = frame{data, payloadType != websocket.TextFrame}
+var codec = websocket.Codec{Unmarshal: func(data []byte, opcode byte, v any) error {
+	if opcode != websocket.TextFrame && opcode != websocket.BinaryFrame {
+		return errReservedOpcode // x/net would pass it on as binary
+	}
+	*v.(*frame) = frame{data, opcode == websocket.BinaryFrame}
 	return nil
 }}
 
-// header is the header of a server text frame holding msg.
+// header is the header of a text frame holding msg, or of a ping (x/net has no call) if nil.
 func header(msg []byte) []byte {
-	if n := len(msg); n < 126 {
+	switch n := len(msg); {
+	case msg == nil:
+		return []byte{0x89, 0}
+	case n < 126:
 		return []byte{0x81, byte(n)}
-	} else if n < 1<<16 {
+	case n < 1<<16:
 		return []byte{0x81, 126, byte(n >> 8), byte(n)}
-	} else {
-		return []byte{0x81, 127, 0, 0, 0, 0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)} // n < 4 MiB
+	default: // n < maxQueuedPerPeer
+		return []byte{0x81, 127, 0, 0, 0, 0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
 	}
 }
 
-// liveConn hijacks p's connection and reads it for x/net, storing in p.lastSeen the time of each read: x/net hides
-// pongs, yet they show life.
+// liveConn hijacks p's connection for x/net. A read stores the time in
+// p.lastSeen: x/net hides pongs, yet they show life. A write (x/net's: the
+// handshake, pongs, the close frame) sets a deadline for itself, so that no
+// deadline set for an earlier write can fail it.
 type liveConn struct {
 	http.ResponseWriter
-	p *Peer
-	r io.Reader
+	p       *Peer
+	r       io.Reader
+	timeout time.Duration
 }
 
 func (c *liveConn) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, rw, err := http.NewResponseController(c.ResponseWriter).Hijack()
-	if err == nil { // Small buffers: the server's 4 KiB reader is under ours, and x/net writes only handshakes, pongs and closes.
-		c.p.raw, c.r, rw.Reader, rw.Writer = conn, rw.Reader, bufio.NewReaderSize(c, 64), bufio.NewWriterSize(conn, 256)
+	if err == nil { // small buffers: net/http's 4 KiB reader is below ours
+		c.p.raw, c.r = conn, rw.Reader
+		rw.Reader, rw.Writer = bufio.NewReaderSize(c, 64), bufio.NewWriterSize(c, 256)
 	}
 	return conn, rw, err
 }
 
 func (c *liveConn) Read(b []byte) (int, error) {
-	defer func() { c.p.lastSeen.Store(time.Now().UnixNano()) }() // as the read returns: the peer sent something, or is gone
-	return c.r.Read(b)
+	n, err := c.r.Read(b)
+	c.p.lastSeen.Store(time.Now().UnixNano())
+	return n, err
 }
 
-// relayed builds {"type":T,"peerId":FROM,"signal":S} by hand: json.Marshal would re-escape S.
+func (c *liveConn) Write(b []byte) (int, error) {
+	c.p.raw.SetWriteDeadline(time.Now().Add(c.timeout))
+	return c.p.raw.Write(b)
+}
+
+// relayed builds {"type":T,"peerId":FROM,"signal":S}; json.Marshal would re-escape S.
 func relayed(typ, from string, signal []byte) []byte {
-	return append(append(append(make([]byte, 0, len(signal)+64), `{"type":"`+typ+`","peerId":"`+from+`","signal":`...), signal...), '}')
+	msg := append(make([]byte, 0, len(signal)+64), `{"type":"`+typ+`","peerId":"`+from...)
+	return append(append(append(msg, `","signal":`...), signal...), '}')
 }
 
-func peersMessage(id string, peers []string) []byte {
-	list, _ := json.Marshal(peers) // cannot fail for strings
-	return []byte(`{"type":"peers","id":"` + id + `","peers":` + string(list) + `}`)
+// peersMessage lists ids for p, with a fresh TURN credential if configured.
+func (s *Server) peersMessage(p *Peer, ids []string) []byte {
+	list, _ := json.Marshal(ids) // cannot fail for strings, nor below
+	msg := `{"type":"peers","id":"` + p.ID + `","peers":` + string(list)
+	if len(s.opts.TURN) > 0 { // an RTCIceServer, for new RTCPeerConnection({iceServers})
+		user := fmt.Sprint(time.Now().Add(s.opts.TURNTTL).Unix(), ":", p.ID)
+		urls, _ := json.Marshal(s.opts.TURN)
+		msg += `,"iceServers":[{"urls":` + string(urls) + `,"username":"` + user +
+			`","credential":"` + turnCredential(s.opts.TURNSecret, user) + `"}]`
+	}
+	return []byte(msg + "}")
+}
+
+// turnCredential is username's password in coturn's use-auth-secret: base64(HMAC-SHA1).
+func turnCredential(secret, username string) string {
+	mac := hmac.New(sha1.New, []byte(secret))
+	mac.Write([]byte(username))
+	return base64.StdEncoding.EncodeToString(mac.Sum(nil))
 }
 
 func errorMessage(text string) []byte {
@@ -466,34 +546,54 @@ func errorMessage(text string) []byte {
 	return []byte(`{"type":"error","error":` + string(quoted) + `}`)
 }
 
-func peerIDs(peers []*Peer) []string {
-	ids := make([]string, len(peers)) // [], not null, for no peers
-	for i, p := range peers {
-		ids[i] = p.ID
+// peerIDs returns the ids of peers but one; [], not null, for none.
+func peerIDs(peers []*Peer, except *Peer) []string {
+	ids := make([]string, 0, len(peers))
+	for _, p := range peers {
+		if p != except {
+			ids = append(ids, p.ID)
+		}
 	}
 	return ids
 }
 
 func main() {
-	port := flag.String("port", cmp.Or(os.Getenv("PORT"), "8080"), "TCP port to listen on (default $PORT, else 8080)")
-	ping := flag.Duration("ping", 20*time.Second, "how often to ping peers; a peer silent for two intervals is dropped")
-	maxPeers := flag.Int("max-peers", 10000, "most peers held at once, over all rooms")
+	addr := flag.String("addr", "", "`host:port` to listen on (default every interface, at -port)")
+	port := flag.String("port", cmp.Or(os.Getenv("PORT"), "8080"), "TCP port (default $PORT, 8080)")
+	ping := flag.Duration("ping", 20*time.Second, "ping interval; a peer silent for two is dropped")
 	origins := flag.String("origin", "", "comma-separated browser origins allowed (default any)")
-	verbose := flag.Bool("v", false, "also log every relayed offer and answer")
+	maxPeers := flag.Int("max-peers", 10000, "most peers at once, over all rooms")
+	maxRoom := flag.Int("max-room-peers", 1000, "most peers in one room")
+	maxQueued := flag.Int("max-queued-mib", 256, "MiB waiting to be sent, over all peers")
+	turn := flag.String("turn", "", "comma-separated TURN URLs for peers, with $PEERO_TURN_SECRET")
+	turnTTL := flag.Duration("turn-ttl", 24*time.Hour, "how long a TURN credential works")
 	flag.Parse()
-	srv := New(Options{Port: *port, PingInterval: *ping, MaxPeers: *maxPeers, Origins: strings.FieldsFunc(*origins, func(r rune) bool { return r == ',' })})
+	secret := os.Getenv("PEERO_TURN_SECRET") // not a flag: flags show in ps
+	if (*turn == "") != (secret == "") {
+		fmt.Fprintln(os.Stderr, "peero: -turn needs $PEERO_TURN_SECRET, and the other way round")
+		os.Exit(2)
+	}
+	list := func(s string) []string { return strings.Fields(strings.ReplaceAll(s, ",", " ")) }
+	srv := New(Options{Addr: *addr, Port: *port, PingInterval: *ping, Origins: list(*origins),
+		MaxPeers: *maxPeers, MaxRoomPeers: *maxRoom, MaxQueuedBytes: *maxQueued << 20,
+		TURN: list(*turn), TURNSecret: secret, TURNTTL: *turnTTL})
 	srv.Events = Events{
 		Connection: func(p *Peer) { slog.Info("join", "peer", p.ID, "room", p.Room) },
-		Remove:     func(id string) { slog.Info("leave", "peer", id) },
-		Error:      func(err error, p *Peer) { slog.Warn("drop", "peer", p.ID, "room", p.Room, "err", err) },
-	}
-	if *verbose {
-		srv.Events.Offer = func(p *Peer, _ json.RawMessage) { slog.Info("offer", "from", p.ID) }
-		srv.Events.Answer = func(p *Peer, from string, _ json.RawMessage) { slog.Info("answer", "from", from, "to", p.ID) }
+		Remove:     func(p *Peer) { slog.Info("leave", "peer", p.ID, "room", p.Room) },
+		Error: func(err error, p *Peer) {
+			slog.Warn("drop", "peer", p.ID, "room", p.Room, "err", err)
+		},
 	}
 	stop, _ := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	context.AfterFunc(stop, func() { srv.Close(nil) }) // Run returns once Close has finished
-	if err := srv.Run(func(port string) { slog.Info("peero listening", "port", port) }); err != nil {
+	context.AfterFunc(stop, func() {
+		slog.Info("peero closing", "peers", len(srv.peers()))
+		srv.Close()
+	})
+	err := srv.Run(func(port string) { slog.Info("peero listening", "port", port, "addr", *addr) })
+	if errors.Is(err, syscall.EADDRINUSE) {
+		err = fmt.Errorf("%w; pick another port with -port, or an address with -addr", err)
+	}
+	if err != nil {
 		slog.Error("peero", "err", err)
 		os.Exit(1)
 	}
