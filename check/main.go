@@ -30,6 +30,7 @@
 package main
 
 import (
+	"cmp"
 	"crypto/rand"
 	"flag"
 	"fmt"
@@ -98,6 +99,7 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 	turn := fs.String("turn", "", "the server's -turn URLs; -turn= for no TURN")
 	fs.StringVar(&cfg.turnSecret, "turn-secret", "", "the server's TURN secret (default $PEERO_TURN_SECRET)")
 	only := fs.String("run", "", "run only the checks whose names match this regular expression")
+	skip := fs.String("skip", "", "skip the checks whose names match this regular expression (reported as SKIP)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -113,7 +115,8 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 	}
 	cfg.origins, cfg.turnURLs = split(*origins), split(*turn)
 	filter, err := regexp.Compile(*only)
-	if err != nil || fs.NArg() != 1 || cfg.maxBytes < 64 {
+	skipRE, err2 := regexp.Compile(cmp.Or(*skip, "^$"))
+	if err != nil || err2 != nil || fs.NArg() != 1 || cfg.maxBytes < 64 {
 		fs.Usage()
 		return 2
 	}
@@ -127,6 +130,9 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 	for _, phase := range []int{concurrent, alone, summary} {
 		for _, c := range checks {
 			if c.phase == phase && filter.MatchString(c.name) {
+				if skipRE.MatchString(c.name) {
+					c.run = func(t *T) { t.Skipf("-skip %s", *skip) }
+				}
 				selected = append(selected, c)
 			}
 		}
