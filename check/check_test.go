@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -39,18 +40,26 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// The settings the real server runs with in these tests, as server flags;
-// the checker gets the same flags.
-const turnSecret = "check-test-secret"
+// The settings the real server runs with in these tests, as flags for it and
+// for the checker; the TURN secret is in the environment for it, a flag for
+// the checker.
+var (
+	serverFlags = []string{"-ping", "500ms", "-max-peers", "200", "-max-room-peers", "20", "-origin", "https://ok.example", "-turn", "turn:127.0.0.1:3478"}
+	checkFlags  = slices.Concat([]string{"-turn-secret", turnSecret}, serverFlags)
+)
 
-var serverFlags = []string{"-ping", "500ms", "-max-peers", "200", "-origin", "https://ok.example"}
+const turnSecret = "check-test-secret"
 
 // startServer runs the real server with serverFlags and returns its address.
 // It is killed when the test ends; its log is printed if the test failed.
 func startServer(t *testing.T) string {
+	return startServerWith(t, serverFlags, "PEERO_TURN_SECRET="+turnSecret)
+}
+
+func startServerWith(t *testing.T, flags []string, env ...string) string {
 	t.Helper()
-	cmd := exec.Command(peeroBin, append([]string{"-port", "0"}, serverFlags...)...)
-	cmd.Env = append(os.Environ(), "PEERO_TURN_SECRET="+turnSecret)
+	cmd := exec.Command(peeroBin, append([]string{"-port", "0"}, flags...)...)
+	cmd.Env = append(os.Environ(), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -90,11 +99,11 @@ func startServer(t *testing.T) string {
 	}
 }
 
-// runChecker runs the checker against addr with the server's settings and extra
-// args, and returns its exit status and output.
+// runChecker runs the checker against addr with args, and returns its exit
+// status and output.
 func runChecker(t *testing.T, addr string, args ...string) (int, string) {
 	t.Helper()
-	args = append(append(append([]string{}, serverFlags...), "-turn-secret", turnSecret, "-timeout", "2s", "-write-timeout", "300ms"), args...)
+	args = slices.Concat([]string{"-timeout", "2s", "-write-timeout", "300ms"}, args)
 	var out, errs bytes.Buffer
 	code := run(append(args, "ws://"+addr), &out, &errs, func(string) string { return "" })
 	if errs.Len() > 0 {
@@ -103,33 +112,59 @@ func runChecker(t *testing.T, addr string, args ...string) (int, string) {
 	return code, out.String()
 }
 
+var summaryRE = regexp.MustCompile(`\n(\d+) passed, (\d+) failed, (\d+) skipped\n$`)
+
 // TestRealServer: the real server passes every check, directly and through
-// a proxy that changes nothing.
+// a proxy that changes nothing; the two checks for a server without an
+// origin list and without TURN run against one.
 func TestRealServer(t *testing.T) {
-	for _, via := range []string{"direct", "proxy"} {
-		t.Run(via, func(t *testing.T) {
-			t.Parallel()
-			addr := startServer(t) // its own: server-full fills it
-			target := addr
-			if via == "proxy" {
-				target = startProxy(t, addr, nil)
-			}
-			code, out := runChecker(t, target)
-			if code != 0 || strings.Contains(out, "\nFAIL ") || !strings.HasSuffix(out, " 0 failed, 0 skipped\n") {
-				t.Errorf("checker exit %d; want 0, nothing failed or skipped:\n%s", code, out)
-			}
-			if last := out[strings.LastIndex(out[:len(out)-1], "\n")+1:]; !regexp.MustCompile(`^\d+ passed, 0 failed, 0 skipped\n$`).MatchString(last) {
-				t.Errorf("last line %q; want \"N passed, 0 failed, 0 skipped\"", last)
-			}
-		})
+	t.Parallel()
+	cases := []struct {
+		name    string
+		proxied bool
+		flags   []string // for the server and the checker; nil: serverFlags, checkFlags
+		only    string   // -run
+		skipped int
+	}{
+		{name: "direct", skipped: 2},
+		{name: "proxy", proxied: true, skipped: 2},
+		{name: "unconfigured", flags: []string{"-ping", "500ms"}, only: "^(origin|turn)-", skipped: 2},
+	}
+	outs := make([]string, len(cases))
+	codes := make([]int, len(cases))
+	var wg sync.WaitGroup
+	for i, tt := range cases { // all at once: subtests would run only GOMAXPROCS at once
+		var addr string // each its own server: server-full fills it
+		args := checkFlags
+		if tt.flags == nil {
+			addr = startServer(t)
+		} else {
+			addr = startServerWith(t, tt.flags)
+			args = slices.Concat([]string{"-origin=", "-turn="}, tt.flags)
+		}
+		if tt.proxied {
+			addr = startProxy(t, addr, nil)
+		}
+		if tt.only != "" {
+			args = slices.Concat(args, []string{"-run", tt.only})
+		}
+		wg.Go(func() { codes[i], outs[i] = runChecker(t, addr, args...) })
+	}
+	wg.Wait()
+	for i, tt := range cases {
+		m := summaryRE.FindStringSubmatch(outs[i])
+		if codes[i] != 0 || m == nil || m[2] != "0" || m[3] != fmt.Sprint(tt.skipped) || strings.Contains(outs[i], "\nFAIL ") {
+			t.Errorf("%s: checker exit %d, output:\n%s\nwant exit 0, nothing failed, %d skipped", tt.name, codes[i], outs[i], tt.skipped)
+		}
 	}
 }
 
 // TestBrokenServers: each broken server, the real one behind a proxy that
 // changes one thing, is caught by the check named for the rule it breaks.
 func TestBrokenServers(t *testing.T) {
+	t.Parallel()
 	addr := startServer(t)
-	for _, tt := range []struct {
+	cases := []struct {
 		check  string // the check that must fail
 		change change
 	}{
@@ -192,15 +227,21 @@ func TestBrokenServers(t *testing.T) {
 		{"turn-credential", onType(toClient, "peers", func(s *session, m msg) []frame {
 			return textFrame(bytes.Replace(m.raw, []byte(`"credential":"`), []byte(`"credential":"x`), 1))
 		})},
-	} {
-		t.Run(tt.check, func(t *testing.T) {
-			t.Parallel()
-			code, out := runChecker(t, startProxy(t, addr, tt.change), "-run", "^"+tt.check+"$", "-timeout", "1s")
-			if code != 1 || !strings.HasPrefix(out, "FAIL "+tt.check+": ") {
-				t.Errorf("checker exit %d, output:\n%s\nwant exit 1 and a line FAIL %s: …", code, out, tt.check)
-			}
-			t.Logf("%s", out)
-		})
+	}
+	outs := make([]string, len(cases))
+	codes := make([]int, len(cases))
+	var wg sync.WaitGroup
+	for i, tt := range cases { // all at once: subtests would run only GOMAXPROCS at once
+		proxy := startProxy(t, addr, tt.change)
+		args := slices.Concat(checkFlags, []string{"-run", "^" + tt.check + "$", "-timeout", "1s"})
+		wg.Go(func() { codes[i], outs[i] = runChecker(t, proxy, args...) })
+	}
+	wg.Wait()
+	for i, tt := range cases {
+		if codes[i] != 1 || !strings.HasPrefix(outs[i], "FAIL "+tt.check+": ") {
+			t.Errorf("checker exit %d, output:\n%s\nwant exit 1 and a line FAIL %s: …", codes[i], outs[i], tt.check)
+		}
+		t.Logf("%s", outs[i])
 	}
 }
 
