@@ -3,14 +3,16 @@
 # of peero_debug.go.txt. Run bench/run.sh -smoke (or the full run) first: it
 # builds .bin/peero and .bin/bench.
 #
-#   bench/profile.sh [OUTDIR [PEERO_BINARY]]    default .profile and .bin/peero
+#   bench/profile.sh [OUTDIR [PEERO_BINARY [PARTS]]]    default .profile, .bin/peero, "relay idle"
 #
 # For 1 and 16 messages in flight a pair (the relay scenario's 50 pairs of
 # 1 KB offers), on a fresh server each: a 10 s CPU profile (cpu-W.pprof), a
 # 2 s execution trace taken after it (trace-W.out, for go tool trace) and
 # one of the load generator at the same time (trace-load-W.out), the
 # server's GODEBUG=gctrace=1 lines (server-W.log) and the load's own figures
-# (load-W.log). Then a heap profile with 10,000 idle peers (heap-idle.pprof).
+# (load-W.log). Then heap profiles with 10,000 idle peers, of Peero and of
+# the x/net floor (heap-idle-peero.pprof, heap-idle-floor.pprof), with their
+# runtime memory statistics (memstats-idle-*.txt).
 # It prints a summary: the top of each profile, tracestat's figures for each
 # trace (wake-ups, scheduler latency, GC pauses and assists), the last
 # gctrace lines.
@@ -20,6 +22,7 @@ cd "$(dirname "$0")"
 export PATH="$PATH:/usr/local/go/bin"
 out=$(realpath -m "${1:-.profile}")
 bin=$(realpath "${2:-.bin/peero}")
+parts=${3:-relay idle}
 mkdir -p "$out"
 ulimit -n "$(ulimit -Hn)"
 
@@ -38,6 +41,7 @@ start_peero() {
 }
 
 for w in 1 16; do
+  [[ $parts == *relay* ]] || break
   start_peero "$out/server-$w.log"
   taskset -c 1 .bin/bench -attach "$addr" -attach-pid "$pid" -attach-window "$w" -rounds 4 -attach-trace "$out/trace-load-$w.out" -attach-trace-at 13s 2>"$out/load-$w.log" &
   load=$!
@@ -48,17 +52,31 @@ for w in 1 16; do
   kill "$pid"; wait "$pid" || true
 done
 
-start_peero "$out/server-idle.log"
-taskset -c 1 .bin/bench -attach "$addr" -attach-pid "$pid" -attach-idle 10000 -attach-hold 30s 2>"$out/load-idle.log" &
-load=$!
-sleep 20 # connected and settled
-curl -sS -o "$out/heap-idle.pprof" "http://$dbg/debug/pprof/heap?gc=1"
-curl -sS -o "$out/goroutines-idle.txt" "http://$dbg/debug/pprof/goroutine?debug=1"
-grep -E '^(VmRSS|VmHWM)' "/proc/$pid/status" >"$out/status-idle.txt"
-wait "$load"
-kill "$pid"; wait "$pid" || true
+# The idle heap: Peero's, then the floor's (bench/floor) for comparison.
+for srv in peero floor; do
+  [[ $parts == *idle* ]] || break
+  if [ $srv = peero ]; then
+    start_peero "$out/server-idle.log"
+  else
+    dbg=127.0.0.1:$(freeport)
+    PEERO_DEBUG_ADDR=$dbg taskset -c 0 .bin/floor >"$out/floor-idle.log" 2>&1 &
+    pid=$!
+    sleep 1
+    addr=$(grep -o 'listening [0-9.:]*' "$out/floor-idle.log" | cut -d' ' -f2)
+  fi
+  taskset -c 1 .bin/bench -attach "$addr" -attach-pid "$pid" -attach-idle 10000 -attach-hold 30s 2>"$out/load-idle-$srv.log" &
+  load=$!
+  sleep 20 # connected and settled
+  curl -sS -o "$out/heap-idle-$srv.pprof" "http://$dbg/debug/pprof/heap?gc=1"
+  curl -sS "http://$dbg/debug/pprof/heap?debug=1" | grep -E '^# (Sys|HeapAlloc|HeapInuse|Stack|MSpan|GCSys|OtherSys|NumGC) ' >"$out/memstats-idle-$srv.txt"
+  curl -sS "http://$dbg/debug/pprof/goroutine?debug=1" | head -1 >>"$out/memstats-idle-$srv.txt"
+  grep -E '^(VmRSS|VmHWM)' "/proc/$pid/status" >>"$out/memstats-idle-$srv.txt"
+  wait "$load"
+  kill "$pid"; wait "$pid" || true
+done
 
 for w in 1 16; do
+  [[ $parts == *relay* ]] || break
   echo "== relay, $w in flight: load"; grep relay "$out/load-$w.log"
   echo "== CPU profile"; go tool pprof -top -nodecount=30 "$bin" "$out/cpu-$w.pprof" 2>/dev/null | head -40
   echo "== the trace's figures (tracestat)"; (cd tracestat && go run . "$out/trace-$w.out")
@@ -67,6 +85,10 @@ for w in 1 16; do
   go tool trace -pprof=sched "$out/trace-$w.out" >"$out/sched-$w.pprof" && go tool pprof -top -nodecount=15 "$out/sched-$w.pprof" 2>/dev/null | head -22
   echo "== gctrace (last 5)"; grep '^gc ' "$out/server-$w.log" | tail -5
 done
-echo "== idle, 10,000 peers: heap in use"
-go tool pprof -sample_index=inuse_space -top -nodecount=20 "$bin" "$out/heap-idle.pprof" 2>/dev/null | head -28
-head -1 "$out/goroutines-idle.txt"; cat "$out/status-idle.txt"
+for srv in peero floor; do
+  [[ $parts == *idle* ]] || break
+  b=$bin; [ $srv = floor ] && b=.bin/floor
+  echo "== idle, 10,000 peers, $srv: heap in use"
+  go tool pprof -sample_index=inuse_space -top -nodecount=20 "$b" "$out/heap-idle-$srv.pprof" 2>/dev/null | tail -n +5 | head -24
+  cat "$out/memstats-idle-$srv.txt"
+done

@@ -6,7 +6,9 @@
 // nothing and keeps no rooms.
 //
 // SIGUSR2 runs debug.FreeOSMemory, so that the benchmark can measure memory
-// after a full garbage collection as it does for Peero.
+// after a full garbage collection as it does for Peero. With PEERO_DEBUG_ADDR
+// set, a second listener there serves net/http/pprof, as Peero's benchmark
+// build does (profile.sh compares their heaps).
 package main
 
 import (
@@ -15,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -38,6 +41,9 @@ func main() {
 			debug.FreeOSMemory()
 		}
 	}()
+	if addr := os.Getenv("PEERO_DEBUG_ADDR"); addr != "" {
+		go http.ListenAndServe(addr, nil) // DefaultServeMux: net/http/pprof's handlers
+	}
 	fmt.Printf("listening %s\n", ln.Addr())
 	// websocket.Server rather than websocket.Handler: the Handler refuses
 	// clients that send no Origin header, as the benchmark's do not.

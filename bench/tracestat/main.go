@@ -8,9 +8,10 @@
 //
 //	go run ./tracestat [-by FUNCPREFIX] TRACE
 //
-// Goroutines are grouped by the innermost function with the prefix (default
-// "main.") in the stacks where they block, so that a server's reader and
-// writer goroutines get their own lines. It is its own module so that the
+// Goroutines are grouped by the function they start with, or else by the
+// innermost function with the prefix (default "main.") in the stacks where
+// they block, so that a server's reader and writer goroutines get their own
+// lines. It is its own module so that the
 // benchmark does not depend on golang.org/x/exp.
 package main
 
@@ -65,7 +66,7 @@ type group struct {
 }
 
 func main() {
-	by := flag.String("by", "main.", "group goroutines by the innermost function with this prefix in their blocking stacks")
+	by := flag.String("by", "main.", "group goroutines by the innermost function with this prefix in their start or blocking stacks")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		log.Fatal("usage: tracestat [-by FUNCPREFIX] TRACE")
@@ -93,6 +94,7 @@ func main() {
 		maxRunnable  int
 		lastChange   trace.Time
 		syscalls     int
+		created      int // goroutines
 		rangeStart   = map[string]trace.Time{}
 		ranges       = map[string]durations{}
 		gcs          int
@@ -165,6 +167,16 @@ func main() {
 					}
 				}
 			}
+			if from == trace.GoNotExist && to == trace.GoRunnable {
+				created++
+				// A goroutine created here is named by the function it starts with.
+				if _, ok := kindOf[id]; !ok {
+					if k := classify(st.Stack, *by); k != "" {
+						kindOf[id] = k
+						groupOf(k).goroutines[id] = true
+					}
+				}
+			}
 			if to == trace.GoRunnable && from != trace.GoRunnable {
 				runnableAt[id] = t
 				setRunnable(t, +1)
@@ -220,8 +232,8 @@ func main() {
 		other.wakeups += n
 	}
 	span := last.Sub(first)
-	fmt.Printf("trace: %v; %d GC cycles (%.1f/s); %d system calls (%.0f/s); runnable goroutines waiting for the processor: mean %.1f, max %d\n",
-		round(span), gcs, float64(gcs)/span.Seconds(), syscalls, float64(syscalls)/span.Seconds(), runnableArea/float64(span), maxRunnable)
+	fmt.Printf("trace: %v; %d GC cycles (%.1f/s); %d system calls (%.0f/s); %d goroutines created (%.0f/s); runnable goroutines waiting for the processor: mean %.1f, max %d\n",
+		round(span), gcs, float64(gcs)/span.Seconds(), syscalls, float64(syscalls)/span.Seconds(), created, float64(created)/span.Seconds(), runnableArea/float64(span), maxRunnable)
 	names := make([]string, 0, len(groups))
 	var all group
 	for name, g := range groups {
