@@ -224,6 +224,13 @@ func TestBrokenServers(t *testing.T) {
 			}
 			return []frame{f}
 		}},
+		{"ws-ping-answered-after-quiet", pongsOnlyWhileBusy()},
+		{"reserved-opcode-closes", func(s *session, dir direction, f frame) []frame {
+			if dir == toServer && (f.op >= 0x3 && f.op <= 0x7 || f.op >= 0xB) {
+				f.op = opBinary // which gets an error, and the connection stays
+			}
+			return []frame{f}
+		}},
 		{"turn-credential", onType(toClient, "peers", func(s *session, m msg) []frame {
 			return textFrame(bytes.Replace(m.raw, []byte(`"credential":"`), []byte(`"credential":"x`), 1))
 		})},
@@ -242,6 +249,25 @@ func TestBrokenServers(t *testing.T) {
 			t.Errorf("checker exit %d, output:\n%s\nwant exit 1 and a line FAIL %s: …", codes[i], outs[i], tt.check)
 		}
 		t.Logf("%s", outs[i])
+	}
+}
+
+// pongsOnlyWhileBusy drops the server's pongs once nothing else was sent to
+// the client for a while (the checker's -write-timeout here), like a server
+// whose pongs fail once the write deadline of its last message has passed.
+func pongsOnlyWhileBusy() change {
+	var mu sync.Mutex
+	last := map[*session]time.Time{} // when a message last went to the client
+	return func(s *session, dir direction, f frame) []frame {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case dir == toClient && f.op == opPong && time.Since(last[s]) > 300*time.Millisecond:
+			return nil
+		case dir == toClient:
+			last[s] = time.Now()
+		}
+		return []frame{f}
 	}
 }
 
