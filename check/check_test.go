@@ -252,8 +252,8 @@ func TestBrokenServers(t *testing.T) {
 	}
 }
 
-// pongsOnlyWhileBusy drops the server's pongs once nothing else was sent to
-// the client for a while (the checker's -write-timeout here), like a server
+// pongsOnlyWhileBusy drops the server's pongs once no message was sent to the
+// client for a while (the checker's -write-timeout here), like a server
 // whose pongs fail once the write deadline of its last message has passed.
 func pongsOnlyWhileBusy() change {
 	var mu sync.Mutex
@@ -264,7 +264,7 @@ func pongsOnlyWhileBusy() change {
 		switch {
 		case dir == toClient && f.op == opPong && time.Since(last[s]) > 300*time.Millisecond:
 			return nil
-		case dir == toClient:
+		case dir == toClient && f.op == opText:
 			last[s] = time.Now()
 		}
 		return []frame{f}
