@@ -210,7 +210,7 @@ func sameSet(a, b []string) bool {
 	return slices.Equal(a, b)
 }
 
-// names returns the names of the connections with ids, for failure messages.
+// nameList returns the names of the connections with ids, for failure messages.
 func (t *T) nameList(ids []string) string {
 	var s []string
 	for _, id := range ids {

@@ -9,7 +9,7 @@
 //
 //	PASS relay-exact
 //	FAIL error-invalid-utf8: A sent "{\"type\":\"ping\",\"x\":\"\xff\"}"; got `{"type":"pong"}`; want error `message is not valid UTF-8`
-//	SKIP liveness-silent-dropped: needs -ping, the server's ping interval
+//	SKIP liveness-silent-dropped: needs -ping, the server's setting
 //
 // then "N passed, M failed, K skipped", and exits 1 if any check failed.
 //
@@ -27,6 +27,8 @@
 // server has none of it: -origin= (any origin allowed), -turn= (no TURN). A
 // check that needs a setting it was not given is reported as SKIP, never as
 // passed; so is one that would take longer than 40 s, unless -slow is given.
+// Prefer $PEERO_TURN_SECRET to -turn-secret: flags show in ps. -run and -skip
+// take a regular expression of check names, as go test does.
 package main
 
 import (
@@ -116,7 +118,7 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 	cfg.origins, cfg.turnURLs = split(*origins), split(*turn)
 	filter, err := regexp.Compile(*only)
 	skipRE, err2 := regexp.Compile(cmp.Or(*skip, "^$"))
-	if err != nil || err2 != nil || fs.NArg() != 1 || cfg.maxBytes < 64 {
+	if err != nil || err2 != nil || fs.NArg() != 1 || cfg.maxBytes < 256 {
 		fs.Usage()
 		return 2
 	}
