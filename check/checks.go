@@ -350,8 +350,8 @@ func http426(t *T) {
 	if got != http.StatusUpgradeRequired {
 		t.Errorf("a GET without Upgrade: HTTP %d; want 426", got)
 	}
-	if body, _ := readBody(resp); strings.TrimSpace(body) == "" {
-		t.Errorf("a GET without Upgrade: HTTP %d with no body; want a one-line hint", got)
+	if body, _ := readBody(resp); strings.TrimSpace(body) == "" || strings.Contains(strings.TrimSpace(body), "\n") {
+		t.Errorf("a GET without Upgrade: HTTP %d with body %s; want a one-line hint", got, show(body))
 	}
 }
 
@@ -611,6 +611,9 @@ func frameTooLarge(t *T) {
 		if err != nil {
 			if !b.isEnded() {
 				t.Fatalf("after %s: %v; want error %s (optional), then the connection closed", what, err, show(want))
+			}
+			if b.gotClose && (len(b.closeMsg) < 2 || b.closeMsg[0] != 0x03 || b.closeMsg[1] != 0xe8) {
+				t.Errorf("after %s: a close frame with %q; want status 1000", what, b.closeMsg)
 			}
 			break
 		}

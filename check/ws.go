@@ -52,8 +52,9 @@ type conn struct {
 	done     chan struct{}  // closed when reading ends
 
 	// Set by the reader before done is closed: read them after done.
-	gotClose bool  // the server sent a close frame
-	readErr  error // why reading ended, if not a close frame
+	gotClose bool   // the server sent a close frame
+	closeMsg []byte // its payload: a status code, and maybe a reason
+	readErr  error  // why reading ended, if not a close frame
 }
 
 // dialOptions shape a handshake request.
@@ -165,7 +166,7 @@ func (c *conn) read(r *bufio.Reader) {
 			default:
 			}
 		case opClose:
-			c.gotClose = true
+			c.gotClose, c.closeMsg = true, data
 			return
 		default: // parsed by next, so that pings are answered at once however many messages wait
 			c.msgs <- received{fin, op, data}
