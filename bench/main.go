@@ -27,6 +27,7 @@ type config struct {
 	warmup, measure  time.Duration
 	idlePeers        []int
 	idleSettle       time.Duration
+	idlePing         time.Duration // Peero's ping interval in the idle scenario: shorter than idleSettle
 	stormPeers       int
 	roomStormPeers   int // try to join one room
 	roomStormBatch   int // dial at once
@@ -42,7 +43,7 @@ type config struct {
 
 func main() {
 	c := config{pairs: 50, size: 1024, windows: []int{1, 4, 16, 64}, warmup: time.Second, measure: 4 * time.Second,
-		idlePeers: []int{1000, 5000, 10000}, idleSettle: 5 * time.Second, stormPeers: 1000, roomStormPeers: 4000, roomStormBatch: 200, fanoutPeers: 1000, fanoutTimes: 10,
+		idlePeers: []int{1000, 5000, 10000}, idleSettle: 5 * time.Second, idlePing: 3 * time.Second, stormPeers: 1000, roomStormPeers: 4000, roomStormBatch: 200, fanoutPeers: 1000, fanoutTimes: 10,
 		churnCycles: 50000, churnRooms: 500, capacityPeers: 19000}
 	smoke := flag.Bool("smoke", false, "tiny counts, one round: checks that every scenario still runs")
 	flag.IntVar(&c.rounds, "rounds", 3, "rounds of every scenario")
@@ -92,7 +93,7 @@ func main() {
 	}
 	if *smoke {
 		c = config{rounds: 1, pairs: 2, size: 1024, windows: []int{1, 16}, warmup: 200 * time.Millisecond, measure: 500 * time.Millisecond,
-			idlePeers: []int{50}, idleSettle: 200 * time.Millisecond, stormPeers: 20, roomStormPeers: 40, roomStormBatch: 10, fanoutPeers: 20, fanoutTimes: 2,
+			idlePeers: []int{50}, idleSettle: 200 * time.Millisecond, idlePing: time.Second, stormPeers: 20, roomStormPeers: 40, roomStormBatch: 10, fanoutPeers: 20, fanoutTimes: 2,
 			churnCycles: 200, churnRooms: 10, capacityPeers: 100, serverCPU: c.serverCPU, out: c.out, chart: c.chart, only: c.only}
 		if peeroHasFlag("max-room-peers") { // a room limit below the storm, so that refusals run too
 			c.roomStormArgs = []string{"-max-room-peers", "25"}
@@ -128,7 +129,7 @@ func main() {
 							log.Printf("idle %-11s %5d peers: %.1f KiB per peer, %.1f after a GC (RSS %d KiB)", k, n, res.PerPeer, res.PerPeerAfterGC, res.RSSKB)
 						}
 						return err
-					})
+					}, "-ping", c.idlePing.String()) // Peero only: a ping round within the settling time
 				}
 			}
 		}

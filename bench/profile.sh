@@ -28,10 +28,10 @@ ulimit -n "$(ulimit -Hn)"
 
 freeport() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# start_peero LOG: starts the server on core 0; sets pid, addr and dbg.
+# start_peero LOG [FLAG...]: starts the server on core 0; sets pid, addr and dbg.
 start_peero() {
   dbg=127.0.0.1:$(freeport)
-  PEERO_DEBUG_ADDR=$dbg GODEBUG=${GODEBUG:+$GODEBUG,}gctrace=1 taskset -c 0 "$bin" -port 0 2>"$1" &
+  PEERO_DEBUG_ADDR=$dbg GODEBUG=${GODEBUG:+$GODEBUG,}gctrace=1 taskset -c 0 "$bin" -port 0 "${@:2}" 2>"$1" &
   pid=$! # taskset execs the server
   for _ in $(seq 100); do
     port=$(grep -o 'listening port=[0-9]*' "$1" | head -1 | cut -d= -f2) && [ -n "$port" ] && break
@@ -56,7 +56,7 @@ done
 for srv in peero floor; do
   [[ $parts == *idle* ]] || break
   if [ $srv = peero ]; then
-    start_peero "$out/server-idle.log"
+    start_peero "$out/server-idle.log" -ping 3s # a ping round before the profile, as in run.sh's idle scenario
   else
     dbg=127.0.0.1:$(freeport)
     PEERO_DEBUG_ADDR=$dbg taskset -c 0 .bin/floor >"$out/floor-idle.log" 2>&1 &

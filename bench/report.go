@@ -118,7 +118,7 @@ func (r *results) write(c config, took time.Duration, loadBefore string) error {
 	if _, ok := r.values[key("idle", peero, fmt.Sprint(c.idlePeers[0]))]; ok {
 		p("## Idle peers")
 		p("")
-		p("Server RSS per connected, idle peer: (RSS with the peers − RSS before) / peers, %s after the last connected, and again after a full garbage collection (Peero and the floor: `debug.FreeOSMemory`; PeerJS: `global.gc()` under `node --expose-gc`). Peero's peers are in rooms of two; PeerJS's send a HEARTBEAT every 5 s, as its client does. The x/net floor is the least a server on Peero's WebSocket library holds: `websocket.Server` with its defaults under net/http, a peers message sent on connect, then one goroutine per peer blocked in `websocket.Message.Receive` (`bench/floor`).", c.idleSettle)
+		p("Server RSS per connected, idle peer: (RSS with the peers − RSS before) / peers, %s after the last connected, and again after a full garbage collection (Peero and the floor: `debug.FreeOSMemory`; PeerJS: `global.gc()` under `node --expose-gc`). Peero's peers are in rooms of two, and Peero runs with `-ping %s` so that the settling time holds at least one round of its pings: what a ping round leaves behind is part of an idle peer's cost. PeerJS's peers send a HEARTBEAT every 5 s, as its client does; the floor never pings. The x/net floor is the least a server on Peero's WebSocket library holds: `websocket.Server` with its defaults under net/http, a peers message sent on connect, then one goroutine per peer blocked in `websocket.Message.Receive` (`bench/floor`).", c.idleSettle, c.idlePing)
 		p("")
 		p("| peers | measured | Peero KiB/peer | x/net floor KiB/peer | PeerJS KiB/peer | floor/Peero | PeerJS/Peero |")
 		p("|---|---|---|---|---|---|---|")
