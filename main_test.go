@@ -11,10 +11,15 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -875,6 +880,371 @@ func TestOrderUnderLoad(t *testing.T) {
 	}
 }
 
+// TestIdlePeerIsOneGoroutine: once its messages are written, a peer costs the
+// server one goroutine, its read loop; the server adds one pinger in all.
+func TestIdlePeerIsOneGoroutine(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	dial(t, base, "/warm-up").quiet()
+	before := runtime.NumGoroutine()
+	const n = 20
+	clients := make([]*client, n)
+	for i := range clients {
+		clients[i] = dial(t, base, "/idle")
+	}
+	for i, c := range clients {
+		for range n - 1 - i {
+			c.expect("announce")
+		}
+		c.quiet()
+	}
+	deadline := time.Now().Add(readTimeout)
+	for runtime.NumGoroutine() > before+n { // writers end once their queue is empty
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines for %d idle peers; want %d", runtime.NumGoroutine()-before, n, n)
+		}
+		time.Sleep(10 * time.Millisecond) // polling the count: there is no event to wait on
+	}
+	for _, c := range clients {
+		c.quiet() // all still served
+	}
+}
+
+// TestClientPingAfterQuiet: a WebSocket ping from a client that has been quiet
+// for longer than the write timeout gets its pong, and the peer stays.
+func TestClientPingAfterQuiet(t *testing.T) {
+	events := make(recorder, 100)
+	_, base := setupTest(t, Options{WriteTimeout: 50 * time.Millisecond}, events.events())
+	r := dialRaw(t, base+"/r", nil)
+	r.readFrame()                      // peers
+	time.Sleep(150 * time.Millisecond) // quiet for three write timeouts: what the test is about
+	r.writeFrame(true, 0x9, []byte("are you there"))
+	if op, data := r.readFrame(); op != 0xA || string(data) != "are you there" {
+		t.Fatalf("reply to a ping: opcode %#x %q; want a pong with the ping's data", op, data)
+	}
+	r.writeFrame(true, 0x1, []byte(`{"type":"ping"}`))
+	if _, data := r.readFrame(); string(data) != `{"type":"pong"}` {
+		t.Errorf("after the pong: %s; want the connection still usable", data)
+	}
+	for len(events) > 0 {
+		if e := <-events; strings.HasPrefix(e, "error") || strings.HasPrefix(e, "remove") {
+			t.Errorf("event %q; want the peer to stay", e)
+		}
+	}
+}
+
+// TestClientPingsWhileReceiving: a client that pings every few milliseconds,
+// for longer than the write timeout, while relayed messages stream to it, gets
+// every pong and every message.
+func TestClientPingsWhileReceiving(t *testing.T) {
+	_, base := setupTest(t, Options{WriteTimeout: 100 * time.Millisecond}, Events{})
+	sender := dial(t, base, "/r")
+	r := dialRaw(t, base+"/r", nil)
+	_, data := r.readFrame()
+	var peers msg
+	json.Unmarshal(data, &peers)
+	sender.expect("announce")
+	const pings, offers = 15, 60
+	errs := make(chan error, 2)
+	go func() { // one ping every 20 ms: 300 ms in all
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for i := range pings {
+			<-tick.C
+			if _, err := r.conn.Write(clientFrame(true, 0x9, []byte(fmt.Sprint(i)))); err != nil {
+				errs <- err
+				return
+			}
+		}
+		errs <- nil
+	}()
+	go func() {
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for i := range offers {
+			<-tick.C
+			text := fmt.Sprintf(`{"type":"offer","peerId":"%s","signal":%d}`, peers.ID, i)
+			if err := websocket.Message.Send(sender.conn, text); err != nil {
+				errs <- err
+				return
+			}
+		}
+		errs <- nil
+	}()
+	gotPongs, gotOffers := 0, 0
+	for gotPongs < pings || gotOffers < offers {
+		switch op, data := r.readFrame(); op {
+		case 0xA:
+			if string(data) != fmt.Sprint(gotPongs) {
+				t.Fatalf("pong %q; want %q", data, fmt.Sprint(gotPongs))
+			}
+			gotPongs++
+		case 0x1:
+			if want := fmt.Sprintf(`"signal":%d}`, gotOffers); !strings.HasSuffix(string(data), want) {
+				t.Fatalf("got %s; want offer %d", data, gotOffers)
+			}
+			gotOffers++
+		default:
+			t.Fatalf("got opcode %#x %q after %d pongs and %d offers", op, data, gotPongs, gotOffers)
+		}
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestFaultsAreReported: a peer dropped for breaking the protocol is
+// reported through Error, then Remove; the room is told.
+func TestFaultsAreReported(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		frame []byte
+		err   string // the final message, then a close frame
+	}{
+		{"frame too large", clientFrame(true, 0x1, []byte(strings.Repeat("x", 101))), "frame larger than 100 bytes; closing"},
+		{"reserved opcode", clientFrame(true, 0x3, []byte("{}")), "reserved WebSocket opcode; closing"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			events := make(recorder, 100)
+			_, base := setupTest(t, Options{MaxMessageBytes: 100}, events.events())
+			other := dial(t, base, "/r")
+			r := dialRaw(t, base+"/r", nil)
+			r.readFrame() // peers
+			other.expect("announce")
+			r.conn.Write(tt.frame)
+			if _, data := r.readFrame(); string(data) != `{"type":"error","error":"`+tt.err+`"}` {
+				t.Errorf("got %s; want the error %q", data, tt.err)
+			}
+			if op, _ := r.readFrame(); op != 0x8 {
+				t.Errorf("opcode %#x; want a close frame", op)
+			}
+			e := events.next(t, "error", "remove")
+			if !strings.HasPrefix(e, "error") {
+				t.Errorf("event %q; want an error event before remove", e)
+			}
+			other.expect("remove")
+		})
+	}
+}
+
+// TestHandshakeLimits: what Run accepts of a WebSocket handshake.
+func TestHandshakeLimits(t *testing.T) {
+	srv := New(Options{Port: "0"})
+	ports := make(chan string, 1)
+	go srv.Run(func(port string) { ports <- port })
+	t.Cleanup(func() { srv.Close() })
+	base := "ws://127.0.0.1:" + <-ports
+	header := func(k, v string) http.Header { return http.Header{k: {v}} }
+	for _, tt := range []struct {
+		name   string
+		path   string
+		header http.Header
+		want   int
+	}{
+		{"10 KiB of headers", "/r", header("X-Big", strings.Repeat("x", 10<<10)), 101},
+		{"20 KiB of headers", "/r", header("X-Big", strings.Repeat("x", 20<<10)), 431},
+		{"a URI of 1024 bytes", "/" + strings.Repeat("r", 1023), nil, 101},
+		{"a URI of 1025 bytes", "/" + strings.Repeat("r", 1024), nil, 414},
+		{"a query that makes it 1025", "/r?" + strings.Repeat("q", 1022), nil, 414},
+		{"one subprotocol", "/r", header("Sec-WebSocket-Protocol", "chat"), 101},
+		{"two subprotocols", "/r", header("Sec-WebSocket-Protocol", "chat, superchat"), 101},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := dialRaw(t, base+tt.path, tt.header)
+			if r.status != tt.want {
+				t.Fatalf("status %d; want %d", r.status, tt.want)
+			}
+			if p := r.header.Get("Sec-WebSocket-Protocol"); p != "" {
+				t.Errorf("subprotocol %q selected; want none", p)
+			}
+		})
+	}
+	t.Run("HTTP/1.0", func(t *testing.T) {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(base, "ws://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprint(conn, "GET /r HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+		conn.SetReadDeadline(time.Now().Add(readTimeout))
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("status %d; want 400: a WebSocket needs HTTP/1.1", resp.StatusCode)
+		}
+	})
+}
+
+// TestRequestHeadersAreNotKept: after the handshake the server keeps no
+// request headers for the life of the connection.
+func TestRequestHeadersAreNotKept(t *testing.T) {
+	headers := make(chan int, 1)
+	_, base := setupTest(t, Options{}, Events{Connection: func(p *Peer) {
+		headers <- len(p.conn.Request().Header)
+	}})
+	dialRaw(t, base+"/r", http.Header{"X-Big": {strings.Repeat("x", 8<<10)}})
+	if n := <-headers; n != 0 {
+		t.Errorf("%d request headers kept; want none", n)
+	}
+}
+
+func TestRoomFull(t *testing.T) {
+	_, base := setupTest(t, Options{MaxRoomPeers: 2}, Events{})
+	a := dial(t, base, "/r")
+	dial(t, base, "/r")
+	conn, err := websocket.Dial(base+"/r", "", "http://localhost/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(readTimeout))
+	var text string
+	if err := websocket.Message.Receive(conn, &text); err != nil || text != `{"type":"error","error":"room full"}` {
+		t.Errorf("third peer of the room got %q, %v; want the room full error", text, err)
+	}
+	if err := websocket.Message.Receive(conn, &text); err != io.EOF {
+		t.Errorf("after room full: %q, %v; want the connection closed", text, err)
+	}
+	a.expect("announce")
+	a.quiet() // not told of the third
+	dial(t, base, "/other")
+}
+
+// TestQueuedBytesAreBoundedForAllPeers: peers that never read, flooded with
+// large offers, are dropped once all that waits passes Options.MaxQueuedBytes,
+// which it passes by at most one message for each peer; a peer that reads
+// gets everything.
+func TestQueuedBytesAreBoundedForAllPeers(t *testing.T) {
+	const bound, stalled, n = 1 << 20, 10, 100
+	big := `{"type":"offer","signal":"` + strings.Repeat("x", 60<<10) + `"}`
+	events := make(recorder, 1000)
+	var most atomic.Int64
+	var srv *Server
+	srv, base := setupTest(t, Options{MaxQueuedBytes: bound, PingInterval: time.Hour}, Events{
+		Message: func(*Peer, []byte) { most.Store(max(most.Load(), srv.queued.Load())) },
+		Error:   events.events().Error,
+	})
+	sender := dial(t, base, "/r")
+	reader := dial(t, base, "/r")
+	for range stalled {
+		dialRaw(t, base+"/r", nil) // never reads
+	}
+	for range stalled + 1 {
+		sender.expect("announce")
+	}
+	go func() {
+		for range n {
+			if websocket.Message.Send(sender.conn, big) != nil {
+				return
+			}
+		}
+	}()
+	for offers := 0; offers < n; {
+		if m := reader.read(); m.Type == "offer" {
+			offers++
+		}
+	}
+	for range stalled {
+		if e := events.next(t, "error"); !strings.Contains(e, "for all peers") {
+			t.Errorf("event %q; want a stalled peer dropped for what waited", e)
+		}
+	}
+	slack := int64((stalled + 1) * (len(big) + 64))
+	if got := most.Load(); got > bound+slack {
+		t.Errorf("at most %d bytes waited; want at most %d + %d", got, bound, slack)
+	}
+	t.Logf("at most %d bytes waited for all peers (bound %d)", most.Load(), bound)
+	reader.quiet()
+}
+
+// TestTURNCredential checks the TURN REST API password against a vector
+// made with openssl dgst -sha1 -hmac north-wind | base64.
+func TestTURNCredential(t *testing.T) {
+	if got, want := turnCredential("north-wind", "1700000000:PEER"), "P4YnTinj3xJJB7eLeYteR8AI6u0="; got != want {
+		t.Errorf("credential %q; want %q", got, want)
+	}
+}
+
+// TestICEServers: with TURN configured, every peers message carries a
+// credential for the receiver that expires after TURNTTL, made anew for each.
+func TestICEServers(t *testing.T) {
+	urls := []string{"turn:127.0.0.1:3478?transport=udp", "turns:turn.example:5349?transport=tcp"}
+	_, base := setupTest(t, Options{TURN: urls, TURNSecret: "s3cret", TURNTTL: time.Hour}, Events{})
+	conn, err := websocket.Dial(base+"/r", "", "http://localhost/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	check := func() int64 {
+		t.Helper()
+		conn.SetReadDeadline(time.Now().Add(readTimeout))
+		var m struct {
+			Type, ID   string
+			ICEServers []struct {
+				URLs                 []string
+				Username, Credential string
+			} `json:"iceServers"`
+		}
+		if err := websocket.JSON.Receive(conn, &m); err != nil || m.Type != "peers" || len(m.ICEServers) != 1 {
+			t.Fatalf("got %+v, %v; want peers with one ICE server", m, err)
+		}
+		ice := m.ICEServers[0]
+		expiry, id, _ := strings.Cut(ice.Username, ":")
+		exp, _ := strconv.ParseInt(expiry, 10, 64)
+		if want := time.Now().Add(time.Hour).Unix(); id != m.ID || exp < want-2 || exp > want {
+			t.Errorf("username %q; want %d:%s", ice.Username, want, m.ID)
+		}
+		if !slices.Equal(ice.URLs, urls) || ice.Credential != turnCredential("s3cret", ice.Username) {
+			t.Errorf("ICE server %+v; want urls %q and the credential of the username", ice, urls)
+		}
+		return exp
+	}
+	first := check()
+	time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second))) // the next second
+	websocket.Message.Send(conn, `{"type":"peers"}`)
+	if again := check(); again <= first {
+		t.Errorf("expiry %d on a peers request; want later than the first, %d", again, first)
+	}
+}
+
+// TestTURNFlagsGoTogether: main refuses -turn without the secret, and the
+// secret without -turn.
+func TestTURNFlagsGoTogether(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "peero")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	for _, tt := range []struct{ args, env []string }{
+		{[]string{"-turn", "turn:127.0.0.1:3478"}, nil},
+		{nil, []string{"PEERO_TURN_SECRET=s3cret"}},
+	} {
+		cmd := exec.Command(bin, append(tt.args, "-addr", "127.0.0.1:0")...)
+		cmd.Env = append(os.Environ(), tt.env...)
+		out, err := cmd.CombinedOutput()
+		if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out), "PEERO_TURN_SECRET") {
+			t.Errorf("%q with %q: exit %d, %v, %q; want 2 and a message", tt.args, tt.env, code, err, out)
+		}
+	}
+}
+
+// TestAddr: Options.Addr wins over Port, and binds only the address given.
+func TestAddr(t *testing.T) {
+	srv := New(Options{Addr: "127.0.0.1:0", Port: "1"})
+	ports := make(chan string, 1)
+	go srv.Run(func(port string) { ports <- port })
+	t.Cleanup(func() { srv.Close() })
+	port := <-ports
+	dial(t, "ws://127.0.0.1:"+port, "/").quiet()
+	if conn, err := net.Dial("tcp", "[::1]:"+port); err == nil {
+		conn.Close()
+		t.Errorf("listening on [::1]:%s too; want only 127.0.0.1", port)
+	}
+}
+
 // FuzzParse checks parse's contract on any input: an accepted message is a
 // known type, and a relayed one is a JSON object of exactly type, peerId and
 // the signal, byte for byte; a refused one gets an error reply that is JSON.
@@ -928,6 +1298,7 @@ type rawConn struct {
 	conn   net.Conn
 	r      *bufio.Reader
 	status int
+	header http.Header // of the response
 }
 
 // dialRaw does a WebSocket handshake with header added and returns the
@@ -959,18 +1330,22 @@ func dialRaw(t *testing.T, url string, header http.Header) *rawConn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &rawConn{t: t, conn: conn, r: r, status: resp.StatusCode}
+	return &rawConn{t: t, conn: conn, r: r, status: resp.StatusCode, header: resp.Header}
 }
 
 // writeFrame writes one masked client frame.
 func (c *rawConn) writeFrame(fin bool, opcode byte, payload []byte) {
 	c.t.Helper()
+	if _, err := c.conn.Write(clientFrame(fin, opcode, payload)); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// clientFrame is a masked client frame; payload is at most 125 bytes.
+func clientFrame(fin bool, opcode byte, payload []byte) []byte {
 	b0 := opcode
 	if fin {
 		b0 |= 0x80
-	}
-	if len(payload) > 125 {
-		c.t.Fatal("writeFrame: payloads over 125 bytes not supported")
 	}
 	var key [4]byte
 	rand.Read(key[:])
@@ -978,9 +1353,7 @@ func (c *rawConn) writeFrame(fin bool, opcode byte, payload []byte) {
 	for i, b := range payload {
 		frame = append(frame, b^key[i%4])
 	}
-	if _, err := c.conn.Write(frame); err != nil {
-		c.t.Fatal(err)
-	}
+	return frame
 }
 
 // readFrame reads one server frame (unmasked, unfragmented).
