@@ -6,8 +6,7 @@
 // exchange JSON objects, one a text frame. The server sends each peer its id and the
 // others' ("peers"), tells the room of arrivals ("announce") and departures ("remove"),
 // and relays "offer", "answer" and "candidate" with "peerId" set to the sender.
-// protocol.md is the full specification. Server is an http.Handler: mount it directly
-// (a mux that cleans paths would merge rooms), or call Run.
+// protocol.md is the full specification. Server is an http.Handler, or call Run.
 package main
 
 import (
@@ -42,7 +41,6 @@ import (
 
 const (
 	maxQueuedPerPeer = 4 << 20  // signals for a peer are KiB; MiB mean it stopped reading
-	maxURIBytes      = 1024     // the room and query are kept while the peer is, and logged
 	maxHeader        = 12 << 10 // request head bytes for Run; net/http adds 4 KiB; browsers: 1-2
 )
 
@@ -57,12 +55,11 @@ type Options struct {
 	// 10000) and in one room (default 1000).
 	MaxPeers, MaxRoomPeers int
 	// MaxQueuedBytes bounds the bytes waiting to be sent to all peers together; default
-	// 256 MiB. Past it, a peer that still has bytes waiting is dropped, not sent more.
+	// 256 MiB. A message that would pass it first drops the peer with the most waiting.
 	MaxQueuedBytes int
-	// PingInterval is how often each peer is pinged; default 20s. Silent for two: dropped.
-	PingInterval time.Duration
-	// WriteTimeout is how long one write to a peer may take; default 10s.
-	WriteTimeout time.Duration
+	// PingInterval is how often each peer is pinged (default 20s): a peer silent for two
+	// intervals is dropped. WriteTimeout is how long one write to a peer may take (10s).
+	PingInterval, WriteTimeout time.Duration
 	// Origins lists the browser Origins allowed; default any. Non-browsers send none: allowed.
 	Origins []string
 	// TURN lists TURN (and STUN) URLs for every peers message, with a credential from
@@ -88,9 +85,8 @@ type Events struct {
 	Announce func(p *Peer)
 	// Peers is called after a peers list was queued for p.
 	Peers func(p *Peer, peers []string)
-	// Error is called when the server drops p for a fault: a read or write failed or
-	// timed out, too much waited for it, or it was silent for two ping intervals. Remove
-	// follows. It is not called when the client closes, nor for Close.
+	// Error is called when the server drops p for a fault (a failed or slow read or write, too
+	// much waiting, silence for two ping intervals); Remove follows. Not for a close, nor Close.
 	Error func(err error, p *Peer)
 	// Remove is called after p left its room and the others were told.
 	Remove func(p *Peer)
@@ -105,22 +101,21 @@ type Peer struct {
 	raw      net.Conn        // the writer's side: the queued frames
 	lastSeen atomic.Int64    // UnixNano of the last read from the peer, pongs included
 
-	mu      sync.Mutex  // guards the fields below
-	queue   net.Buffers // frames waiting to be written: a header, then its payload
-	queued  int         // bytes of the payloads in queue
-	writing bool        // a writer runs, or serve will start one
-	dropped error       // why the peer is leaving, once it is; nothing is queued then
+	mu      sync.Mutex   // guards the fields below
+	queue   net.Buffers  // frames waiting to be written: a header, then its payload
+	queued  atomic.Int64 // bytes of the payloads queued or being written; set under mu
+	writing bool         // a writer runs, or serve will start one
+	dropped error        // why the peer is leaving, once it is; nothing is queued then
 }
 
-// Server is a Peero server: New, set Events, then call Run or mount it as an http.Handler.
-// The caller should call Close when finished.
+// Server is a Peero server: New, set Events, then call Run or mount it as an http.Handler
+// (not under a mux that cleans paths: that merges rooms). Call Close when finished.
 type Server struct {
 	Events Events // set before serving
-
 	opts   Options
 	wg     sync.WaitGroup     // counts read loops, writers and the pinger, for Close
 	stop   context.Context    // done when Close begins
-	cancel context.CancelFunc // called by Close, under mu
+	cancel context.CancelFunc // called by Close
 	queued atomic.Int64       // bytes waiting for all peers: queued, or being written
 
 	mu    sync.Mutex         // guards rooms and count
@@ -157,7 +152,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"connect with a WebSocket to ws://HOST/ROOM", http.StatusUpgradeRequired)
 	case !r.ProtoAtLeast(1, 1):
 		http.Error(w, "peero: a WebSocket needs HTTP/1.1", http.StatusBadRequest)
-	case len(r.RequestURI) > maxURIBytes:
+	case len(r.RequestURI) > 1024: // the room and query are kept while the peer is, and logged
 		http.Error(w, "peero: URI too long", http.StatusRequestURITooLong)
 	case origin != "" && len(s.opts.Origins) > 0 && !slices.Contains(s.opts.Origins, origin):
 		http.Error(w, "peero: origin not allowed", http.StatusForbidden)
@@ -248,9 +243,8 @@ func (s *Server) serve(p *Peer) {
 			}
 		}
 	}
-	if reason := s.drop(p, io.EOF); reason != io.EOF && reason != context.Canceled &&
-		s.Events.Error != nil {
-		s.Events.Error(reason, p)
+	if why := s.drop(p, io.EOF); why != io.EOF && why != context.Canceled && s.Events.Error != nil {
+		s.Events.Error(why, p)
 	}
 	s.sendAll(s.leave(p), nil, []byte(`{"type":"remove","peerId":"`+p.ID+`"}`))
 	if s.Events.Remove != nil {
@@ -349,18 +343,20 @@ func (s *Server) sendAll(peers []*Peer, except *Peer, msg []byte) {
 // send queues msg for p (nil: a ping) and starts p's writer if none runs. It never blocks:
 // it drops a peer with too much waiting. Its caller is in s.wg, so Close waits for both.
 func (s *Server) send(p *Peer, msg []byte) {
-	serverFull := s.queued.Load()+int64(len(msg)) > int64(s.opts.MaxQueuedBytes)
+	if s.queued.Load()+int64(len(msg)) > int64(s.opts.MaxQueuedBytes) {
+		s.dropLargest()
+	}
 	p.mu.Lock()
-	waiting := p.queued + len(msg)
-	full := waiting > maxQueuedPerPeer || serverFull && p.queued > 0
+	full := p.queued.Load()+int64(len(msg)) > maxQueuedPerPeer
 	start := p.dropped == nil && !full && !p.writing
 	if p.dropped == nil && !full {
-		p.queue, p.queued, p.writing = append(p.queue, header(msg), msg), waiting, true
+		p.queue, p.writing = append(p.queue, header(msg), msg), true
+		p.queued.Add(int64(len(msg)))
 		s.queued.Add(int64(len(msg)))
 	}
 	p.mu.Unlock()
 	if full {
-		s.drop(p, fmt.Errorf("%d bytes waiting; %d for all peers", waiting, s.queued.Load()))
+		s.drop(p, fmt.Errorf("more than %d MiB waiting to be sent", maxQueuedPerPeer>>20))
 	}
 	if start {
 		s.wg.Add(1)
@@ -374,17 +370,20 @@ func (s *Server) write(p *Peer) {
 	defer s.wg.Done()
 	for {
 		p.mu.Lock()
-		batch, n := p.queue, p.queued
-		p.queue, p.queued = nil, 0
-		more := len(batch) > 0 && p.dropped == nil
-		p.writing = more
+		batch, n := p.queue, p.queued.Load() // all that waits: the last batch was counted out
+		p.queue, p.writing = nil, len(batch) > 0 && p.dropped == nil
+		writing := p.writing
 		p.mu.Unlock()
-		if !more {
+		if !writing {
 			return
 		}
 		p.raw.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
 		_, err := batch.WriteTo(p.raw) // whole: a net.Conn locks each write, x/net's too
-		s.queued.Add(-int64(n))
+		p.mu.Lock()
+		if p.queued.Add(-n); p.dropped == nil { // else drop counted it out of s.queued
+			s.queued.Add(-n)
+		}
+		p.mu.Unlock()
 		if err != nil {
 			s.drop(p, fmt.Errorf("send to %s: %w", p.ID, err))
 		}
@@ -412,16 +411,25 @@ func (s *Server) ping() {
 	}
 }
 
-// drop empties p's queue and wakes its read loop to remove p. It returns the first reason.
+// drop ends p's traffic: its read loop removes it, its writer empties its queue. It returns
+// the first reason.
 func (s *Server) drop(p *Peer, reason error) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.dropped == nil {
-		s.queued.Add(-int64(p.queued))
-		p.dropped, p.queue, p.queued = reason, nil, 0
-		p.conn.SetDeadline(time.Now()) // not I/O: it wakes the blocked read and any write
+		p.dropped = reason
+		s.queued.Add(-p.queued.Load()) // the writer frees it soon, and a room has no p to drop
+		p.conn.SetDeadline(time.Now()) // not I/O: it wakes the blocked read, and the writer
 	}
 	return p.dropped
+}
+
+// dropLargest drops the peer with the most waiting, to keep what waits for all under the bound.
+func (s *Server) dropLargest() {
+	waiting := func(a, b *Peer) int { return cmp.Compare(a.queued.Load(), b.queued.Load()) }
+	if ps := s.peers(); len(ps) > 0 {
+		s.drop(slices.MaxFunc(ps, waiting), errors.New("the most waiting, past the bound for all"))
+	}
 }
 
 // Run listens on Options.Addr, calls ready (if not nil) with the port, and serves until Close.
@@ -443,9 +451,7 @@ func (s *Server) Run(ready func(port string)) error {
 
 // Close closes every peer with a close frame, and returns when all goroutines have ended.
 func (s *Server) Close() error {
-	s.mu.Lock()
-	s.cancel() // under mu: no join after it
-	s.mu.Unlock()
+	s.cancel() // no join after it; those before are in peers
 	for _, p := range s.peers() {
 		s.drop(p, context.Canceled)
 	}
@@ -453,7 +459,6 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// frame is a message received, with its kind.
 type frame struct {
 	data   []byte
 	binary bool
@@ -461,7 +466,7 @@ type frame struct {
 
 var errReservedOpcode = errors.New("reserved WebSocket opcode")
 
-// codec receives a frame with its kind, which x/net's Message codec hides.
+// codec receives a frame, a message with its kind, which x/net's Message codec hides.
 var codec = websocket.Codec{Unmarshal: func(data []byte, opcode byte, v any) error {
 	if opcode != websocket.TextFrame && opcode != websocket.BinaryFrame {
 		return errReservedOpcode // x/net would pass it on as binary
@@ -505,9 +510,8 @@ func (c *liveConn) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 }
 
 func (c *liveConn) Read(b []byte) (int, error) {
-	n, err := c.r.Read(b)
-	c.p.lastSeen.Store(time.Now().UnixNano())
-	return n, err
+	defer func() { c.p.lastSeen.Store(time.Now().UnixNano()) }() // as the read returns
+	return c.r.Read(b)
 }
 
 func (c *liveConn) Write(b []byte) (int, error) {
@@ -580,15 +584,10 @@ func main() {
 	srv.Events = Events{
 		Connection: func(p *Peer) { slog.Info("join", "peer", p.ID, "room", p.Room) },
 		Remove:     func(p *Peer) { slog.Info("leave", "peer", p.ID, "room", p.Room) },
-		Error: func(err error, p *Peer) {
-			slog.Warn("drop", "peer", p.ID, "room", p.Room, "err", err)
-		},
+		Error:      func(err error, p *Peer) { slog.Warn("drop", "peer", p.ID, "err", err) },
 	}
 	stop, _ := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	context.AfterFunc(stop, func() {
-		slog.Info("peero closing", "peers", len(srv.peers()))
-		srv.Close()
-	})
+	context.AfterFunc(stop, func() { slog.Info("closing", "peers", len(srv.peers())); srv.Close() })
 	err := srv.Run(func(port string) { slog.Info("peero listening", "port", port, "addr", *addr) })
 	if errors.Is(err, syscall.EADDRINUSE) {
 		err = fmt.Errorf("%w; pick another port with -port, or an address with -addr", err)

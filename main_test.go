@@ -7,12 +7,17 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"go/ast"
+	"go/format"
+	"go/parser"
+	"go/token"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -273,9 +278,9 @@ func TestOfferToOnePeer(t *testing.T) {
 	b := dial(t, base, "/r")
 	c := dial(t, base, "/r")
 	b.expect("announce")
+	a.expect("announce") // b's and c's, in either order: b's may be sent after c joined
+	a.expect("announce")
 	c.send(`{"type":"offer","peerId":"` + a.id + `","signal":"sdp"}`)
-	a.expect("announce")
-	a.expect("announce")
 	if m := a.read(); m.raw != `{"type":"offer","peerId":"`+c.id+`","signal":"sdp"}` {
 		t.Errorf("a got %s; want c's offer", m.raw)
 	}
@@ -1115,42 +1120,42 @@ func TestRoomFull(t *testing.T) {
 }
 
 // TestQueuedBytesAreBoundedForAllPeers: peers that never read, flooded with
-// large offers, are dropped once all that waits passes Options.MaxQueuedBytes,
-// which it passes by at most one message for each peer; a peer that reads
-// gets everything.
+// large offers, are dropped, the one with the most waiting first, so that all
+// that waits passes Options.MaxQueuedBytes by at most one message for each
+// peer it goes to (while a dropped peer's last write is cut short); a peer
+// that reads as fast as the offers come gets every one.
 func TestQueuedBytesAreBoundedForAllPeers(t *testing.T) {
-	const bound, stalled, n = 1 << 20, 10, 100
+	const bound, stalled, n = 4 << 20, 10, 150
 	big := `{"type":"offer","signal":"` + strings.Repeat("x", 60<<10) + `"}`
 	events := make(recorder, 1000)
-	var most atomic.Int64
+	var most, joined atomic.Int64
 	var srv *Server
 	srv, base := setupTest(t, Options{MaxQueuedBytes: bound, PingInterval: time.Hour}, Events{
+		Connection: func(p *Peer) {
+			if joined.Add(1) > 2 { // a stalled peer: small socket buffers, so what waits for it
+				p.raw.(*net.TCPConn).SetWriteBuffer(8 << 10) // builds up in the server, as it
+			} // would once a real peer's buffers are full
+		},
 		Message: func(*Peer, []byte) { most.Store(max(most.Load(), srv.queued.Load())) },
 		Error:   events.events().Error,
 	})
 	sender := dial(t, base, "/r")
 	reader := dial(t, base, "/r")
 	for range stalled {
-		dialRaw(t, base+"/r", nil) // never reads
+		dialRaw(t, base+"/r", nil).conn.(*net.TCPConn).SetReadBuffer(8 << 10) // never reads
 	}
 	for range stalled + 1 {
 		sender.expect("announce")
 	}
-	go func() {
-		for range n {
-			if websocket.Message.Send(sender.conn, big) != nil {
-				return
-			}
-		}
-	}()
-	for offers := 0; offers < n; {
-		if m := reader.read(); m.Type == "offer" {
-			offers++
+	for range n {
+		sender.send(big)
+		for reader.read().Type != "offer" { // announces first
 		}
 	}
 	for range stalled {
-		if e := events.next(t, "error"); !strings.Contains(e, "for all peers") {
-			t.Errorf("event %q; want a stalled peer dropped for what waited", e)
+		e := events.next(t, "error")
+		if id := strings.Fields(e)[1]; !strings.Contains(e, "past the bound") || id == reader.id || id == sender.id {
+			t.Errorf("event %q; want a stalled peer dropped for having the most waiting", e)
 		}
 	}
 	slack := int64((stalled + 1) * (len(big) + 64))
@@ -1440,6 +1445,86 @@ func BenchmarkBroadcast100(b *testing.B) {
 		websocket.Message.Send(sender.conn, offer)
 		for range 100 {
 			<-arrived
+		}
+	}
+}
+
+// TestCopyIntoAProgram follows the README's steps for using main.go from Go:
+// copy it into a module as package peero, delete func main and the imports
+// only it used, and build the README's program with it (go vet included).
+func TestCopyIntoAProgram(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a program with the go command")
+	}
+	fset := token.NewFileSet()
+	f, err := parser.ParseFile(fset, "main.go", nil, 0) // comments dropped with func main's
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Name.Name = "peero"
+	f.Decls = slices.DeleteFunc(f.Decls, func(d ast.Decl) bool {
+		fn, ok := d.(*ast.FuncDecl)
+		return ok && fn.Name.Name == "main"
+	})
+	used := map[string]bool{}
+	ast.Inspect(f, func(n ast.Node) bool {
+		if sel, ok := n.(*ast.SelectorExpr); ok {
+			if x, ok := sel.X.(*ast.Ident); ok {
+				used[x.Name] = true
+			}
+		}
+		return true
+	})
+	var deleted []string
+	imports := f.Decls[0].(*ast.GenDecl)
+	imports.Specs = slices.DeleteFunc(imports.Specs, func(s ast.Spec) bool {
+		p, _ := strconv.Unquote(s.(*ast.ImportSpec).Path.Value)
+		if used[path.Base(p)] {
+			return false
+		}
+		deleted = append(deleted, p)
+		return true
+	})
+	if want := []string{"flag", "log/slog", "os", "os/signal", "syscall"}; !slices.Equal(deleted, want) {
+		t.Errorf("imports only func main used: %q; want %q, as the README says", deleted, want)
+	}
+	var lib bytes.Buffer
+	if err := format.Node(&lib, fset, f); err != nil {
+		t.Fatal(err)
+	}
+
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, _ := strings.Cut(string(readme), "## Using it from Go")
+	_, program, _ := strings.Cut(section, "```go\n")
+	program, _, _ = strings.Cut(program, "```")
+	gomod, err := os.ReadFile("go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gosum, err := os.ReadFile("go.sum")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for name, data := range map[string][]byte{
+		"go.mod":         bytes.Replace(gomod, []byte("module peero"), []byte("module example.com/app"), 1),
+		"go.sum":         gosum,
+		"main.go":        []byte(program),
+		"peero/peero.go": lib.Bytes(),
+	} {
+		os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755)
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, args := range [][]string{{"build", "./..."}, {"vet", "./..."}} {
+		cmd := exec.Command("go", args...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("go %s in the copy: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
 }
