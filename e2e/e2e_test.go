@@ -78,14 +78,7 @@ func testDemoPage(t *testing.T, origin, page string) {
 	var tabs []*tab
 	for _, name := range []string{"alice", "bob"} {
 		tb := b.open(name, page)
-		err := chromedp.Do(tb.ctx,
-			chromedp.SetValue(chromedp.CSS("#server"), server.url),
-			chromedp.SetValue(chromedp.CSS("#room"), "e2e-demo"),
-			chromedp.Click(chromedp.CSS("#joinButton")),
-		)
-		if err != nil {
-			t.Fatalf("%s joins: %v", name, err)
-		}
+		tb.joinDemo(server.url, "e2e-demo")
 		tabs = append(tabs, tb)
 	}
 	alice, bob := tabs[0], tabs[1]
@@ -122,6 +115,19 @@ func testDemoPage(t *testing.T, origin, page string) {
 	alice.waitFor("a new id", fmt.Sprintf(`document.getElementById("status").dataset.id?.length === 26 && document.getElementById("status").dataset.id !== %q`, ids[0]))
 	if got := eval[string](alice, `document.getElementById("status").textContent`); !strings.HasPrefix(got, "In room") {
 		t.Errorf("alice's status after the server came back = %q; want In room…", got)
+	}
+}
+
+// joinDemo fills in the demo page's server and room and presses Join.
+func (tb *tab) joinDemo(server, room string) {
+	tb.t.Helper()
+	err := chromedp.Do(tb.ctx,
+		chromedp.SetValue(chromedp.CSS("#server"), server),
+		chromedp.SetValue(chromedp.CSS("#room"), room),
+		chromedp.Click(chromedp.CSS("#joinButton")),
+	)
+	if err != nil {
+		tb.t.Fatalf("tab %s joins %s: %v", tb.name, room, err)
 	}
 }
 

@@ -421,6 +421,17 @@ func (tb *tab) waitFor(what, js string) {
 	}
 }
 
+// waitForWithin is waitFor with a deadline of its own, d from now.
+func (tb *tab) waitForWithin(d time.Duration, what, js string) {
+	tb.t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, d)
+	defer cancel()
+	_, err := chromedp.Run(ctx, chromedp.Poll[bool](js, chromedp.WithPollingInterval(50*time.Millisecond)))
+	if err != nil {
+		tb.t.Fatalf("tab %s: waiting %v for %s (%s): %v", tb.name, d, what, js, err)
+	}
+}
+
 // eval evaluates js in the tab, awaiting it if it is a promise.
 func eval[T any](tb *tab, js string) T {
 	tb.t.Helper()

@@ -21,6 +21,10 @@ type pionPeer struct {
 	id  string
 	api *webrtc.API
 
+	// config is used for every peer connection: the server's ICE servers,
+	// and the ICE transport policy a test may set before it offers.
+	config webrtc.Configuration
+
 	opened   chan string // ids of peers whose DataChannel opened
 	messages chan string // "id: text" for each message received
 
@@ -39,6 +43,8 @@ type signal struct {
 	PeerID string          `json:"peerId,omitempty"`
 	Signal json.RawMessage `json:"signal,omitempty"`
 	Error  string          `json:"error,omitempty"`
+
+	IceServers []webrtc.ICEServer `json:"iceServers,omitempty"` // in peers, when the server hands out TURN credentials
 }
 
 // newPionPeer joins url (ws://HOST/ROOM) and returns once it has its id.
@@ -66,6 +72,7 @@ func newPionPeer(t *testing.T, url string) (*pionPeer, []string) {
 	}
 	ws.SetReadDeadline(time.Time{})
 	p.id = first.ID
+	p.config.ICEServers = first.IceServers
 	done := make(chan struct{})
 	go p.readLoop(done) // ends when the connection closes
 	t.Cleanup(func() {
@@ -92,7 +99,7 @@ func (p *pionPeer) send(msg signal) {
 // newConnection makes a peer connection; with trickle, its candidates are
 // sent to peerID as they come, else they travel inside the SDP.
 func (p *pionPeer) newConnection(peerID string, trickle bool) *webrtc.PeerConnection {
-	pc, err := p.api.NewPeerConnection(webrtc.Configuration{}) // no ICE servers: loopback only
+	pc, err := p.api.NewPeerConnection(p.config)
 	if err != nil {
 		p.t.Errorf("pion: %v", err)
 		return nil
@@ -176,6 +183,23 @@ func (p *pionPeer) broadcastOffer(ctx context.Context) {
 	}
 	s, _ := json.Marshal(pc.LocalDescription()) // now with every candidate in it
 	p.send(signal{Type: "offer", Signal: s})
+}
+
+// route returns the candidate types of the local and remote ends of the
+// selected candidate pair of the connection to peerID.
+func (p *pionPeer) route(peerID string) (local, remote webrtc.ICECandidateType) {
+	p.t.Helper()
+	p.mu.Lock()
+	pc := p.pcs[peerID]
+	p.mu.Unlock()
+	if pc == nil || pc.SCTP() == nil {
+		p.t.Fatalf("pion: no connection to %s", peerID)
+	}
+	pair, err := pc.SCTP().Transport().ICETransport().GetSelectedCandidatePair()
+	if err != nil || pair == nil {
+		p.t.Fatalf("pion: selected candidate pair to %s: %v, %v", peerID, pair, err)
+	}
+	return pair.Local.Typ, pair.Remote.Typ
 }
 
 // sendText sends text over the open channel to peerID.

@@ -1,0 +1,258 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pion/stun/v4"
+	"github.com/pion/webrtc/v4"
+)
+
+// turnserver is coturn's server (apt-get install coturn).
+const turnserver = "/usr/bin/turnserver"
+
+// turnSecret is the secret coturn shares with Peero: Peero derives each
+// peer's TURN password from it, and coturn checks the password with it.
+const turnSecret = "e2e-shared-secret"
+
+// startTURN runs coturn on 127.0.0.1 with TURN REST API credentials
+// (use-auth-secret, secret turnSecret) and returns its port once it answers.
+// It relays only on 127.0.0.1, from ports 20000–20199, outside the range the
+// kernel hands out to the browsers' and pion's own sockets. It gets SIGTERM
+// when the test ends; its log is printed if the test fails.
+func startTURN(t *testing.T) string {
+	t.Helper()
+	if _, err := os.Stat(turnserver); err != nil {
+		cannotTest(t, fmt.Sprintf("no coturn at %s (apt-get install coturn): %v", turnserver, err))
+	}
+	port := freePort(t)
+	dir := t.TempDir()
+	cmd := exec.Command(turnserver, "-n", // no configuration file
+		"--listening-ip=127.0.0.1", "--listening-port="+port,
+		"--relay-ip=127.0.0.1", "--min-port=20000", "--max-port=20199",
+		"--allow-loopback-peers", // else coturn refuses to relay to 127.0.0.1
+		"--use-auth-secret", "--static-auth-secret="+turnSecret, "--realm=peero.test",
+		"--no-cli", "--no-tls", "--no-dtls",
+		// Its own files in the test's directory: in a user namespace, as
+		// root, it would otherwise write the host's /var/run/turnserver.pid.
+		"--pidfile="+filepath.Join(dir, "turnserver.pid"), "--db="+filepath.Join(dir, "turndb"),
+		"--log-file=stdout", "--simple-log")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start coturn: %v", err)
+	}
+	log := &logBuffer{}
+	copied := make(chan struct{})
+	go func() { // ends when coturn exits and closes its stdout
+		defer close(copied)
+		for sc := bufio.NewScanner(stdout); sc.Scan(); {
+			log.Printf("%s", sc.Text())
+		}
+	}()
+	t.Cleanup(func() {
+		// SIGTERM, not SIGKILL: coturn's stdout is block-buffered, and it
+		// flushes its log only when it exits cleanly.
+		cmd.Process.Signal(syscall.SIGTERM)
+		exited := make(chan error, 1)
+		go func() { <-copied; exited <- cmd.Wait() }()
+		var err error
+		select {
+		case err = <-exited:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			err = <-exited
+			t.Errorf("coturn still running 5 s after SIGTERM")
+		}
+		if t.Failed() {
+			t.Logf("coturn (exit: %v) log:\n%s", err, log)
+		}
+	})
+	if err := stunPing("127.0.0.1:"+port, 5*time.Second); err != nil {
+		t.Fatalf("coturn does not answer STUN on port %s: %v", port, err)
+	}
+	return port
+}
+
+// cannotTest skips t, saying why, or fails it when PEERO_E2E_REQUIRE is set.
+func cannotTest(t *testing.T, reason string) {
+	t.Helper()
+	if os.Getenv("PEERO_E2E_REQUIRE") != "" {
+		t.Fatal("NOT RUN: " + reason)
+	}
+	t.Skip("NOT RUN: " + reason)
+}
+
+// freePort returns a port that is free on 127.0.0.1 for both UDP and TCP
+// (coturn listens on both) at the time of the call.
+func freePort(t *testing.T) string {
+	t.Helper()
+	for range 10 {
+		udp, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := udp.LocalAddr().(*net.UDPAddr).Port
+		tcp, err := net.Listen("tcp4", "127.0.0.1:"+strconv.Itoa(port))
+		udp.Close()
+		if err == nil {
+			tcp.Close()
+			return strconv.Itoa(port)
+		}
+	}
+	t.Fatal("no port free for both UDP and TCP")
+	return ""
+}
+
+// stunPing sends STUN binding requests to addr until one is answered or
+// timeout has passed. Each try comes from a new socket: a client address
+// whose first request reaches coturn 4.6 while it is starting can stay
+// unanswered for good.
+func stunPing(addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if stunBinding(addr, 100*time.Millisecond) == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("no answer in %v", timeout)
+}
+
+// stunBinding sends one STUN binding request to addr and waits up to wait for the answer.
+func stunBinding(addr string, wait time.Duration) error {
+	conn, err := net.Dial("udp4", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	req := stun.MustBuild(stun.TransactionID, stun.BindingRequest)
+	if _, err := conn.Write(req.Raw); err != nil {
+		return err
+	}
+	conn.SetReadDeadline(time.Now().Add(wait))
+	buf := make([]byte, 1500)
+	n, err := conn.Read(buf)
+	if err != nil {
+		return err
+	}
+	res := &stun.Message{Raw: buf[:n]}
+	if err := res.Decode(); err != nil {
+		return err
+	}
+	if res.Type != stun.BindingSuccess || res.TransactionID != req.TransactionID {
+		return fmt.Errorf("answer %v; want a binding success", res)
+	}
+	return nil
+}
+
+// turnRoom starts coturn and a Peero that hands out credentials for it,
+// derived from peeroSecret, and returns the test's context, Peero's base URL,
+// the test pages' base URL and a browser.
+func turnRoom(t *testing.T, peeroSecret string) (ctx context.Context, server, pages string, b *browserSession) {
+	t.Helper()
+	ctx = setup(t)
+	port := startTURN(t)
+	s := runServer(t, []string{"PEERO_TURN_SECRET=" + peeroSecret}, "-turn", "turn:127.0.0.1:"+port+"?transport=udp")
+	pages = servePages(t)
+	return ctx, s.url, pages, newBrowser(t, ctx, pages)
+}
+
+// relayOnly is the reference client's option to connect through TURN only.
+const relayOnly = `{"iceTransportPolicy":"relay"}`
+
+// waitRelayed waits until the tab's channel to peer id is open and checks
+// that the selected candidate pair is relay at both ends.
+func (tb *tab) waitRelayed(id string) {
+	tb.t.Helper()
+	tb.waitOpen(id)
+	if got := eval[string](tb, fmt.Sprintf(`room.route(%q).then((r) => r.local + "/" + r.remote)`, id)); got != "relay/relay" {
+		tb.t.Errorf("tab %s: route to %s = %s; want relay/relay", tb.name, id, got)
+	}
+}
+
+// TestTURNTwoTabs: two tabs that may use nothing but TURN relays connect
+// through coturn with the credentials Peero hands out, and talk.
+func TestTURNTwoTabs(t *testing.T) {
+	_, server, pages, b := turnRoom(t, turnSecret)
+	a, aID := b.clientTabWith("a", pages, server, "/turn", relayOnly)
+	c, cID := b.clientTabWith("c", pages, server, "/turn", relayOnly)
+	a.waitRelayed(cID)
+	c.waitRelayed(aID)
+	a.send(cID, "through the relay")
+	c.waitMessage(aID, "through the relay")
+	c.send(aID, "and back")
+	a.waitMessage(cID, "and back")
+}
+
+// TestTURNPionAndChromium: a pion peer and a Chromium tab, both relay-only,
+// connect through coturn; each side's selected pair is relay at both ends.
+func TestTURNPionAndChromium(t *testing.T) {
+	ctx, server, pages, b := turnRoom(t, turnSecret)
+	tb, tabID := b.clientTabWith("tab", pages, server, "/turn-pion", relayOnly)
+	p, _ := newPionPeer(t, server+"/turn-pion")
+	if len(p.config.ICEServers) != 1 {
+		t.Fatalf("pion: ICE servers from peers = %+v; want one TURN server", p.config.ICEServers)
+	}
+	p.config.ICETransportPolicy = webrtc.ICETransportPolicyRelay
+	p.offerTo(tabID)
+	p.waitOpen(ctx, tabID)
+	tb.waitRelayed(p.id)
+	if local, remote := p.route(tabID); local != webrtc.ICECandidateTypeRelay || remote != webrtc.ICECandidateTypeRelay {
+		t.Errorf("pion: route to the tab = %s/%s; want relay/relay", local, remote)
+	}
+	p.sendText(tabID, "pion via coturn")
+	tb.waitMessage(p.id, "pion via coturn")
+	tb.send(p.id, "chromium via coturn")
+	p.waitMessage(ctx, tabID, "chromium via coturn")
+}
+
+// TestTURNDemoPage: the demo page opened with ?relay=1 connects through the
+// relay and says so.
+func TestTURNDemoPage(t *testing.T) {
+	_, server, pages, b := turnRoom(t, turnSecret)
+	var tabs []*tab
+	for _, name := range []string{"alice", "bob"} {
+		tb := b.open(name, pages+"/index.html?relay=1")
+		if !eval[bool](tb, `document.getElementById("relay").checked`) {
+			t.Fatalf("%s: ?relay=1 left the relay-only box unticked", name)
+		}
+		tb.joinDemo(server, "turn-demo")
+		tabs = append(tabs, tb)
+	}
+	for _, tb := range tabs {
+		tb.waitFor("the peer connected through the relay",
+			`document.querySelector('#peers li[data-route="relay/relay"] .state')?.textContent === "relayed (TURN)"`)
+	}
+}
+
+// TestTURNWrongSecret: when Peero's secret is not coturn's, coturn refuses
+// the credentials (401) and relay-only tabs cannot connect.
+func TestTURNWrongSecret(t *testing.T) {
+	_, server, pages, b := turnRoom(t, "not-"+turnSecret)
+	a, aID := b.clientTabWith("a", pages, server, "/turn-wrong", relayOnly)
+	c, cID := b.clientTabWith("c", pages, server, "/turn-wrong", relayOnly)
+	// Bounded: right credentials connect in about a second.
+	for _, x := range []struct {
+		tb    *tab
+		other string
+	}{{a, cID}, {c, aID}} {
+		x.tb.waitForWithin(8*time.Second, "coturn's 401", `events.some((e) => e.type === "iceerror" && e.code === 401)`)
+		if got := eval[int](x.tb, `events.filter((e) => e.type === "open" || (e.type === "state" && e.state === "connected")).length`); got != 0 {
+			t.Errorf("tab %s: %d open or connected events with wrong credentials; want 0", x.tb.name, got)
+		}
+		if got := eval[bool](x.tb, fmt.Sprintf(`room.route(%q).then((r) => r !== null)`, x.other)); got {
+			t.Errorf("tab %s: a candidate pair to %s was selected with wrong credentials; want none", x.tb.name, x.other)
+		}
+	}
+}
