@@ -262,9 +262,12 @@ func (c *conn) next() (msg, error) {
 		c.t.run.envelope(c.t.name, f.fin, m)
 		return m, nil
 	case <-timer.C:
-		return msg{}, fmt.Errorf("nothing within %v", c.t.cfg.timeout)
+		return msg{}, fmt.Errorf("%w within %v", errNothing, c.t.cfg.timeout)
 	}
 }
+
+// errNothing is the error of a read that timed out.
+var errNothing = errors.New("nothing")
 
 // ended says how the connection ended; call it once msgs is closed.
 func (c *conn) ended() error {
