@@ -44,8 +44,9 @@
 //
 // ICE servers. The server may hand out TURN credentials in its peers list
 // (iceServers); they are used for every connection made after that join,
-// before those given to the constructor. Pass iceTransportPolicy: "relay" to
-// connect only through TURN.
+// before those given to the constructor. Shortly before they expire,
+// peero.js asks the server for fresh ones with a peers request. Pass
+// iceTransportPolicy: "relay" to connect only through TURN.
 //
 // It has no imports and no exports: it defines globalThis.Peero, so it loads
 // both as an ES module (import "./peero.js") and as a classic <script src>.
@@ -61,7 +62,8 @@ class Peero extends EventTarget {
   #attempt = 0; // tries since the server was lost
   #closed = false;
   #session = 0; // counts joins; connections remember the one they were made in
-  #serverIceServers = []; // from the latest join's peers list
+  #serverIceServers = []; // from the latest peers message
+  #refresh; // the timer that asks for fresh TURN credentials
   #certificate = null; // one for every connection: how a peer is recognised after a rejoin
   #peers = new Map(); // peer id -> {pc, channel, session, fingerprint (the remote certificate's), candidates (queued until the remote description is set)}
 
@@ -126,6 +128,7 @@ class Peero extends EventTarget {
   close() {
     this.#closed = true;
     clearTimeout(this.#retry);
+    clearTimeout(this.#refresh);
     clearInterval(this.#pinger);
     if (this.#ws) this.#ws.onclose = this.#ws.onmessage = null;
     this.#ws?.close();
@@ -157,6 +160,7 @@ class Peero extends EventTarget {
   // #lost drops the server connection and schedules the next try.
   #lost(reason) {
     clearInterval(this.#pinger);
+    clearTimeout(this.#refresh);
     this.#ws.onclose = this.#ws.onmessage = null; // the connection is abandoned: nothing more from it
     this.#ws.close();
     this.id = null;
@@ -171,7 +175,10 @@ class Peero extends EventTarget {
   async #receive(msg) {
     switch (msg.type) {
       case "peers":
-        if (this.id !== null) return; // a reply to a peers request; we do not send those
+        if (this.id !== null) {
+          this.#setIceServers(msg.iceServers); // the reply to our request for fresh credentials
+          return;
+        }
         this.#join(msg);
         // We are the newcomer: we offer to everyone here, and they never offer
         // to us, so two sides never offer to each other at once.
@@ -220,7 +227,7 @@ class Peero extends EventTarget {
     this.id = msg.id;
     this.#attempt = 0;
     this.#session++;
-    this.#serverIceServers = msg.iceServers ?? [];
+    this.#setIceServers(msg.iceServers);
     for (const [id, peer] of this.#peers) {
       // Connections from before that are not up cannot come up: their
       // signals went through the old server connection. A listed peer we
@@ -229,6 +236,19 @@ class Peero extends EventTarget {
       if (peer.channel?.readyState !== "open" || msg.peers.includes(id)) this.#remove(id);
     }
     this.#emit("ready", { id: msg.id });
+  }
+
+  // #setIceServers keeps the server's ICE servers for new connections, and
+  // asks for fresh ones before their credentials expire: Peero's TURN
+  // usernames are "<expiry, Unix seconds>:<peer id>".
+  #setIceServers(iceServers = []) {
+    this.#serverIceServers = iceServers;
+    clearTimeout(this.#refresh);
+    const expiry = Math.min(...iceServers.map((s) => parseInt(s.username)).filter((t) => t > 0)) * 1000;
+    const wait = (expiry - Date.now()) * 0.9; // Infinity without credentials
+    if (wait > 0 && wait !== Infinity) {
+      this.#refresh = setTimeout(() => this.#signal({ type: "peers" }), Math.min(wait, 2 ** 31 - 1)); // setTimeout's most
+    }
   }
 
   // #connect makes the RTCPeerConnection to peer id and announces the peer.

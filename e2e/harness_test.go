@@ -278,12 +278,25 @@ func (s *peeroServer) wait(timeout time.Duration) error {
 
 // testPage loads the reference client with the options in its query
 // (?ws=URL&opts=JSON) and records its events, with the time they came, in
-// window.events.
+// window.events, and the messages it exchanges with the server in
+// window.sent and window.received.
 const testPage = `<!doctype html>
 <meta charset="utf-8">
 <link rel="icon" href="data:,">
 <script src="/peero.js"></script>
 <script>
+  window.sent = [];
+  window.received = [];
+  window.WebSocket = class extends WebSocket {
+    constructor(url) {
+      super(url);
+      this.addEventListener("message", (e) => received.push(JSON.parse(e.data)));
+    }
+    send(data) {
+      sent.push(JSON.parse(data));
+      super.send(data);
+    }
+  };
   window.events = [];
   const params = new URLSearchParams(location.search);
   const room = new Peero(params.get("ws"), JSON.parse(params.get("opts") || "{}"));

@@ -158,12 +158,12 @@ func stunBinding(addr string, wait time.Duration) error {
 
 // turnRoom starts coturn and a Peero that hands out credentials for it,
 // derived from peeroSecret, and returns the test's context, Peero's base URL,
-// the test pages' base URL and a browser.
-func turnRoom(t *testing.T, peeroSecret string) (ctx context.Context, server, pages string, b *browserSession) {
+// the test pages' base URL and a browser. Peero gets args besides -turn.
+func turnRoom(t *testing.T, peeroSecret string, args ...string) (ctx context.Context, server, pages string, b *browserSession) {
 	t.Helper()
 	ctx = setup(t)
 	port := startTURN(t)
-	s := runServer(t, []string{"PEERO_TURN_SECRET=" + peeroSecret}, "-turn", "turn:127.0.0.1:"+port+"?transport=udp")
+	s := runServer(t, []string{"PEERO_TURN_SECRET=" + peeroSecret}, append(args, "-turn", "turn:127.0.0.1:"+port+"?transport=udp")...)
 	pages = servePages(t)
 	return ctx, s.url, pages, newBrowser(t, ctx, pages)
 }
@@ -234,6 +234,25 @@ func TestTURNDemoPage(t *testing.T) {
 		tb.waitFor("the peer connected through the relay",
 			`document.querySelector('#peers li[data-route="relay/relay"] .state')?.textContent === "relayed (TURN)"`)
 	}
+}
+
+// TestTURNCredentialsRefreshed: credentials that expire in 3 s are renewed
+// before they do (the client asks with a peers request), so a tab that has
+// been in the room longer than that still connects through the relay to a
+// newcomer.
+func TestTURNCredentialsRefreshed(t *testing.T) {
+	_, server, pages, b := turnRoom(t, turnSecret, "-turn-ttl", "3s")
+	a, aID := b.clientTabWith("a", pages, server, "/turn-ttl", relayOnly)
+	expiry := eval[int](a, `parseInt(received[0].iceServers[0].username)`)
+	a.waitFor("a request for fresh credentials", `sent.some((m) => m.type === "peers")`)
+	a.waitFor("fresh credentials", fmt.Sprintf(`received.some((m) => m.type === "peers" && parseInt(m.iceServers[0].username) > %d)`, expiry))
+	// Time must pass for the first credentials to expire.
+	a.waitFor("the first credentials to expire", fmt.Sprintf(`Date.now() / 1000 > %d + 1`, expiry))
+	c, cID := b.clientTabWith("c", pages, server, "/turn-ttl", relayOnly)
+	a.waitRelayed(cID)
+	c.waitRelayed(aID)
+	c.send(aID, "still relayed")
+	a.waitMessage(cID, "still relayed")
 }
 
 // TestTURNWrongSecret: when Peero's secret is not coturn's, coturn refuses
