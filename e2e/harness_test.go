@@ -3,9 +3,10 @@
 // that chromedp and pion stay out of the root module.
 //
 // Run it with `cd e2e && go test ./...`. It needs Chromium at
-// /usr/bin/chromium (apt-get install chromium) and the right to create a
-// network namespace: TestMain re-runs the tests inside a fresh one whose only
-// interface is loopback, so WebRTC can gather nothing but 127.0.0.1.
+// /usr/bin/chromium, coturn at /usr/bin/turnserver (apt-get install chromium
+// coturn) and the right to create a network namespace: TestMain re-runs the
+// tests inside a fresh one whose only interface is loopback, so WebRTC can
+// gather nothing but 127.0.0.1. README.md explains the recipe.
 package e2e
 
 import (
