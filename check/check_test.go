@@ -179,7 +179,7 @@ func TestBrokenServers(t *testing.T) {
 			switch {
 			case dir == toServer && m.err == nil: // note the peerId the sender wrote
 				s.p.claim(s.clientID(), m.str("peerId"))
-			case dir == toClient && contains([]string{"offer", "answer", "candidate"}, m.typ()):
+			case dir == toClient && slices.Contains([]string{"offer", "answer", "candidate"}, m.typ()):
 				if claimed := s.p.claimed(m.str("peerId")); claimed != "" { // the server trusts it
 					return textFrame(rebuild(m, map[string]string{"peerId": `"` + claimed + `"`}, ""))
 				}
@@ -297,20 +297,11 @@ func onType(dir direction, typesAndDo ...any) change {
 		types = append(types, typ.(string))
 	}
 	return func(s *session, d direction, f frame) []frame {
-		if m := parseMsg(f.op, f.data); d == dir && f.op == opText && m.err == nil && contains(types, m.typ()) {
+		if m := parseMsg(f.op, f.data); d == dir && f.op == opText && m.err == nil && slices.Contains(types, m.typ()) {
 			return do(s, m)
 		}
 		return []frame{f}
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // rebuild returns m with the fields in set replaced by raw JSON values, and
