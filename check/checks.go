@@ -300,6 +300,19 @@ func roomIsolation(t *T) {
 	c.sync("A, in another room, sent an offer to its room and one to B")
 }
 
+// mustDial connects to room and ends the check unless the server accepts; it
+// reads nothing.
+func (t *T) mustDial(room string, o dialOptions) *conn {
+	c, resp, err := t.dial(t.path(room), o)
+	switch {
+	case err != nil:
+		t.Fatalf("connecting to %s: %v", t.path(room), err)
+	case c == nil:
+		t.Fatalf("connecting to %s: HTTP %s; want 101", t.path(room), resp.Status)
+	}
+	return c
+}
+
 // dialStatus does a handshake to path and returns its status; the
 // connection, if any, is closed.
 func (t *T) dialStatus(path string, o dialOptions) (int, *http.Response) {
@@ -392,11 +405,17 @@ func roomPathMax(t *T) {
 	if len(base) > 900 {
 		t.Skipf("the URL's path is too long to leave room for the check")
 	}
-	if _, err := t.connect("/"+strings.Repeat("a", 1024-len(base)), dialOptions{}); err != nil {
-		t.Errorf("a room path of 1024 bytes: %v", err)
+	fill := func(n int) string { return strings.Repeat("a", n-len(base)) } // a URI of n bytes
+	if _, err := t.connect("/"+fill(1024), dialOptions{}); err != nil {
+		t.Errorf("a request URI of 1024 bytes: %v", err)
 	}
-	if got, _ := t.dialStatus(base+strings.Repeat("a", 1025-len(base)), dialOptions{}); got != http.StatusRequestURITooLong {
-		t.Errorf("a room path of 1025 bytes: HTTP %d; want 414", got)
+	if _, err := t.connect("/"+fill(1024-10)+"?q=query12", dialOptions{}); err != nil {
+		t.Errorf("a request URI of 1024 bytes with a query string: %v", err)
+	}
+	for _, uri := range []string{base + fill(1025), base + fill(1025-10) + "?q=query12"} {
+		if got, _ := t.dialStatus(uri, dialOptions{}); got != http.StatusRequestURITooLong {
+			t.Errorf("a request URI of 1025 bytes (%s): HTTP %d; want 414", show(uri), got)
+		}
 	}
 }
 
@@ -448,10 +467,7 @@ func (t *T) joinMany(room string, n int) ([]*conn, error) {
 // refused connects to room and ends the check unless the server accepts the
 // connection, sends the error want, then a close frame.
 func (t *T) refused(room, want string) *conn {
-	c, resp, err := t.dial(t.path(room), dialOptions{})
-	if err != nil || c == nil {
-		t.Fatalf("connecting to %s: %v %v; want 101, then error %s", t.path(room), resp.Status, err, show(want))
-	}
+	c := t.mustDial(room, dialOptions{})
 	if m, err := c.next(); err != nil || !m.is("error", "") || m.str("error") != want {
 		t.Fatalf("%s connected to %s: first message %s; want error %s", c.name, t.path(room), got(m, err), show(want))
 	}
@@ -634,17 +650,9 @@ func reservedOpcode(t *T) {
 		ping := `{"type":"ping"}`
 		c.writeFrame(true, op, []byte(ping))
 		what := sent(c, op, ping)
-		for {
-			m, err := c.next()
-			if err != nil {
-				if !c.isEnded() {
-					t.Fatalf("after %s: %v; want the connection closed", what, err)
-				}
-				break
-			}
-			if !m.is("error", "") {
-				t.Fatalf("after %s: got %s; want the connection closed", what, m)
-			}
+		c.expectError(what, "reserved WebSocket opcode; closing")
+		if !c.waitEnd(t.cfg.timeout) || !c.gotClose {
+			t.Errorf("after %s and its error: %v; want a close frame", what, c.endedOrOpen())
 		}
 		a.expect("remove", c.id, what)
 	}
@@ -756,8 +764,13 @@ func (t *T) checkICE(c *conn, m msg, what string) {
 		t.Errorf("%s: urls %q; want %q (-turn)", what, urls, t.cfg.turnURLs)
 	}
 	expiry, id, _ := strings.Cut(username, ":")
-	if secs, err := strconv.ParseInt(expiry, 10, 64); err != nil || id != c.id || time.Unix(secs, 0).Before(time.Now()) {
+	secs, err := strconv.ParseInt(expiry, 10, 64)
+	if err != nil || id != c.id || time.Unix(secs, 0).Before(time.Now()) {
 		t.Errorf("%s: username %q; want \"EXPIRY:%s\" (%s's own id), EXPIRY in Unix seconds, in the future", what, username, c.id, c.name)
+	}
+	if want := time.Now().Add(t.cfg.turnTTL); t.cfg.given["turn-ttl"] && (time.Unix(secs, 0).Before(want.Add(-time.Minute)) || time.Unix(secs, 0).After(want.Add(time.Minute))) {
+		t.Errorf("%s: username %q expires at %v; want now + %v (-turn-ttl), %v, give or take a minute of clock skew", what, username,
+			time.Unix(secs, 0).UTC(), t.cfg.turnTTL, want.UTC().Truncate(time.Second))
 	}
 	mac := hmac.New(sha1.New, []byte(t.cfg.turnSecret))
 	mac.Write([]byte(username))
@@ -773,8 +786,8 @@ func turnUnconfigured(t *T) {
 	a := t.join("/r")
 	a.send(`{"type":"peers"}`)
 	for _, m := range []msg{a.peer, a.expect("peers", "", `A sent {"type":"peers"}`)} {
-		if _, ok := m.fields["iceServers"]; ok {
-			t.Errorf("a server without TURN sent %s; want no iceServers", m)
+		if keys := slices.Sorted(slices.Values(m.keys)); !slices.Equal(keys, []string{"id", "peers", "type"}) {
+			t.Errorf("a server without TURN sent %s; want exactly the fields type, id and peers", m)
 		}
 	}
 }
@@ -1015,10 +1028,7 @@ func (c *conn) expectPong(payload, after string) {
 }
 
 func wsPingAnswered(t *T) {
-	a, resp, err := t.dial(t.path("/r"), dialOptions{})
-	if err != nil || a == nil {
-		t.Fatalf("connecting to %s: %v %v", t.path("/r"), resp.Status, err)
-	}
+	a := t.mustDial("/r", dialOptions{})
 	a.writeFrame(true, opPing, []byte("before reading"))
 	if m, err := a.next(); err != nil || !m.is("peers", "") {
 		t.Fatalf("A sent a WebSocket ping just after its handshake: first message %s; want peers", got(m, err))
@@ -1372,35 +1382,39 @@ func livenessTrafficKeepsAlive(t *T) {
 	stay := 3*t.cfg.ping + t.cfg.ping/2
 	t.takes(stay)
 	a := t.join("/r") // answers pings, says nothing
-	b, err := t.connect("/r", dialOptions{noPongs: true})
-	if err != nil {
-		t.Fatalf("%v", err)
+	var quiet []*conn // B sends messages, C WebSocket pings; neither answers pings
+	for range 2 {
+		c, err := t.connect("/r", dialOptions{noPongs: true})
+		if err != nil {
+			t.Fatalf("%v", err)
+		}
+		a.expect("announce", c.id, c.name+" joined")
+		quiet = append(quiet, c)
 	}
-	a.expect("announce", b.id, "B joined")
+	b, c := quiet[0], quiet[1]
+	b.expect("announce", c.id, "C joined")
 	end := time.After(stay)
 	tick := time.NewTicker(t.cfg.ping / 2)
 	defer tick.Stop()
 	for done := false; !done; {
 		select {
-		case <-tick.C: // B answers no ping but sends a message every half interval
+		case <-tick.C:
 			b.send(`{"type":"ping"}`)
 			b.expect("pong", "", `B sent {"type":"ping"}`)
-		case <-a.done:
-			t.Fatalf("A answered every ping: %v after %v; want it kept (-ping %v)", a.ended(), stay, t.cfg.ping)
+			c.writeFrame(true, opPing, []byte("alive"))
+			c.expectPong("alive", "C sent a WebSocket ping")
 		case <-end:
 			done = true
 		}
 	}
-	a.sync(fmt.Sprintf("A answered pings, and only that, for %v", stay))
+	a.sync(fmt.Sprintf("A answered pings, and only that, for %v (-ping %v)", stay, t.cfg.ping))
 	b.sync(fmt.Sprintf("B sent a message every %v but answered no ping, for %v", t.cfg.ping/2, stay))
+	c.sync(fmt.Sprintf("C sent a WebSocket ping every %v but answered no ping, for %v", t.cfg.ping/2, stay))
 }
 
 func slowPeerDropped(t *T) {
 	a, b := t.pair("/r")
-	s, resp, err := t.dial(t.path("/r"), dialOptions{noRead: true}) // reads nothing, not even its peers list
-	if err != nil || s == nil {
-		t.Fatalf("connecting to %s: %v %v", t.path("/r"), resp.Status, err)
-	}
+	t.mustDial("/r", dialOptions{noRead: true}) // S reads nothing, not even its peers list
 	m := a.expect("announce", "", "S, which reads nothing, joined")
 	sid := m.str("peerId")
 	b.expect("announce", sid, "S, which reads nothing, joined")

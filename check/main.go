@@ -22,11 +22,12 @@
 //
 // Checks that depend on how the server was started run only when told: give
 // the checker the flags you gave the server (-ping, -max-peers,
-// -max-room-peers, -origin, -turn, -turn-secret or $PEERO_TURN_SECRET, and
-// -max-bytes if the frame limit is not 64 KiB). A flag given empty says the
-// server has none of it: -origin= (any origin allowed), -turn= (no TURN). A
-// check that needs a setting it was not given is reported as SKIP, never as
-// passed; so is one that would take longer than 40 s, unless -slow is given.
+// -max-room-peers, -origin, -turn, -turn-ttl, -turn-secret or
+// $PEERO_TURN_SECRET, and -max-bytes if the frame limit is not 64 KiB). A
+// flag given empty says the server has none of it: -origin= (any origin
+// allowed), -turn= (no TURN). A check that needs a setting it was not given
+// is reported as SKIP, never as passed; so is one that would take longer
+// than 40 s, unless -slow is given.
 // Prefer $PEERO_TURN_SECRET to -turn-secret: flags show in ps. -run and -skip
 // take a regular expression of check names, as go test does.
 package main
@@ -74,6 +75,7 @@ type config struct {
 	origins      []string
 	turnURLs     []string
 	turnSecret   string
+	turnTTL      time.Duration
 	given        map[string]bool // the settings given: flag names, and "turn-secret" if $PEERO_TURN_SECRET is set
 }
 
@@ -100,6 +102,7 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 	origins := fs.String("origin", "", "the server's -origin list; -origin= for none (any origin allowed)")
 	turn := fs.String("turn", "", "the server's -turn URLs; -turn= for no TURN")
 	fs.StringVar(&cfg.turnSecret, "turn-secret", "", "the server's TURN secret (default $PEERO_TURN_SECRET)")
+	fs.DurationVar(&cfg.turnTTL, "turn-ttl", 0, "the server's -turn-ttl (if not given, a credential's expiry need only be in the future)")
 	only := fs.String("run", "", "run only the checks whose names match this regular expression")
 	skip := fs.String("skip", "", "skip the checks whose names match this regular expression (reported as SKIP)")
 	if err := fs.Parse(args); err != nil {
