@@ -57,10 +57,11 @@ type Options struct {
 	// MaxQueuedBytes bounds the bytes waiting to be sent to all peers together; default
 	// 256 MiB. A message that would pass it first drops the peer with the most waiting.
 	MaxQueuedBytes int
-	// PingInterval is how often each peer is pinged (default 20s): a peer silent for two
-	// intervals is dropped. WriteTimeout is how long one write to a peer may take (10s).
+	// PingInterval is how often each peer is pinged (default 20s); a peer silent for two
+	// intervals is dropped. WriteTimeout bounds each write to a peer (default 10s).
 	PingInterval, WriteTimeout time.Duration
-	// Origins lists the browser Origins allowed; default any. Non-browsers send none: allowed.
+	// Origins lists the browser Origin values allowed (default any); a request without one
+	// (not a browser) is always allowed.
 	Origins []string
 	// TURN lists TURN (and STUN) URLs for every peers message, with a credential from
 	// TURNSecret, coturn's static-auth-secret, that works for TURNTTL (default 24h).
@@ -85,8 +86,8 @@ type Events struct {
 	Announce func(p *Peer)
 	// Peers is called after a peers list was queued for p.
 	Peers func(p *Peer, peers []string)
-	// Error is called when the server drops p for a fault (a failed or slow read or write, too
-	// much waiting, silence for two ping intervals); Remove follows. Not for a close, nor Close.
+	// Error is called when the server drops p for a fault: a failed or slow read or write,
+	// too much waiting, or silence for two ping intervals. Remove follows.
 	Error func(err error, p *Peer)
 	// Remove is called after p left its room and the others were told.
 	Remove func(p *Peer)

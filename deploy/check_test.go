@@ -1,7 +1,6 @@
 package deploy
 
 import (
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -49,13 +48,6 @@ func TestCheckerThroughNginx(t *testing.T) {
 	proxy, _ := cluster(t, 3, shortTimeouts, checkerFlags...)
 	args := append([]string{"-origin=", "-turn-secret", checkerSecret}, checkerFlags...)
 	allowedSkips := []string{"server-full", "origin-allow-list", "turn-unconfigured"} // settings the instances do not have, or have
-	// nginx upgrades an HTTP/1.0 request, which Peero refuses, unless told
-	// not to: skip that check until nginx.conf says so.
-	if conf, err := os.ReadFile("nginx.conf"); err == nil && !strings.Contains(string(conf), "$server_protocol") {
-		t.Log("nginx.conf does not refuse HTTP/1.0: skipping http-11-required")
-		args = append(args, "-skip", "^http-11-required$")
-		allowedSkips = append(allowedSkips, "http-11-required")
-	}
 	start := time.Now()
 	code, out := runChecker(t, proxy, args...)
 	t.Logf("checker through nginx, %v:\n%s", time.Since(start).Round(time.Millisecond), out)
