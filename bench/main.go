@@ -39,6 +39,7 @@ type config struct {
 	capacityPeers    int
 	serverCPU        string
 	out, chart, only string
+	peeroVersion     string // of ../main.go, for the report
 }
 
 func main() {
@@ -58,6 +59,7 @@ func main() {
 	attachTrace := flag.String("attach-trace", "", "with -attach: write a 2 s execution trace of this load generator to this file")
 	attachTraceAt := flag.Duration("attach-trace-at", 3*time.Second, "when -attach-trace starts, after the start")
 	attachHold := flag.Duration("attach-hold", 30*time.Second, "how long -attach-idle holds its peers")
+	flag.StringVar(&c.peeroVersion, "peero-version", "", "the commit of the Peero build, for the report (run.sh passes it)")
 	flag.StringVar(&peeroBin, "peero", peeroBin, "the Peero build to run (run.sh builds ../main.go there)")
 	probeAddr := flag.String("probe", "", "run as the room storm's probe against the Peero server at this address (the room storm starts it)")
 	flag.Parse()
@@ -94,7 +96,7 @@ func main() {
 	if *smoke {
 		c = config{rounds: 1, pairs: 2, size: 1024, windows: []int{1, 16}, warmup: 200 * time.Millisecond, measure: 500 * time.Millisecond,
 			idlePeers: []int{50}, idleSettle: 200 * time.Millisecond, idlePing: time.Second, stormPeers: 20, roomStormPeers: 40, roomStormBatch: 10, fanoutPeers: 20, fanoutTimes: 2,
-			churnCycles: 200, churnRooms: 10, capacityPeers: 100, serverCPU: c.serverCPU, out: c.out, chart: c.chart, only: c.only}
+			churnCycles: 200, churnRooms: 10, capacityPeers: 100, serverCPU: c.serverCPU, out: c.out, chart: c.chart, only: c.only, peeroVersion: c.peeroVersion}
 		if peeroHasFlag("max-room-peers") { // a room limit below the storm, so that refusals run too
 			c.roomStormArgs = []string{"-max-room-peers", "25"}
 		}

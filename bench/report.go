@@ -82,6 +82,10 @@ func (r *results) write(c config, took time.Duration, loadBefore string) error {
 	p("Written by `bench/run.sh` on %s in %s. %d rounds; every figure is the median of the rounds, with their range in brackets. Servers are pinned to core %s and the load generator to the other core (`taskset`); each run starts a fresh server process, and the servers take turns (A B A B). Everything talks over loopback.",
 		time.Now().UTC().Format("2006-01-02 15:04 UTC"), took.Round(time.Second), c.rounds, c.serverCPU)
 	p("")
+	if c.peeroVersion != "" {
+		p("Peero: main.go at %s.", c.peeroVersion)
+		p("")
+	}
 	p("Machine: %s. Versions: %s. Load average (1, 5, 15 minutes) at the start: %s; at the end: %s. The servers and the load generator each use one core; well above 2 means other programs competed for the two cores.", machine(), versions(), loadBefore, loadAverage())
 	p("")
 	p("**Ratios read one way: above 1 means Peero is ahead.** For messages/s a ratio is Peero's over the other server's (Peero/PeerJS); for latency, CPU and memory it is the other server's over Peero's (PeerJS/Peero, floor/Peero). Each heading names its division.")

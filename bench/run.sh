@@ -20,10 +20,12 @@ rm -rf .build && mkdir -p .build/peero .bin
 cp ../main.go ../go.mod ../go.sum .build/peero/
 cp peero_debug.go.txt .build/peero/debug.go
 (cd .build/peero && go build -o ../../.bin/peero .)
+version=$(git -C .. log -1 --format=%h -- main.go 2>/dev/null || echo unknown)
+git -C .. diff --quiet HEAD -- main.go 2>/dev/null || version="$version with uncommitted changes"
 go build -o .bin/echo ./echo
 go build -o .bin/floor ./floor
 go build -o .bin/bench .
 
 # Servers go on core 0 (the load generator starts them with taskset); the generator on core 1.
 ulimit -n "$(ulimit -Hn)"
-exec taskset -c 1 .bin/bench -server-cpu 0 "$@"
+exec taskset -c 1 .bin/bench -server-cpu 0 -peero-version "$version" "$@"
