@@ -58,6 +58,7 @@ func main() {
 	attachIdle := flag.Int("attach-idle", 0, "with -attach: instead of the relay load, hold this many idle peers (rooms of two) for -attach-hold")
 	attachTrace := flag.String("attach-trace", "", "with -attach: write a 2 s execution trace of this load generator to this file")
 	attachTraceAt := flag.Duration("attach-trace-at", 3*time.Second, "when -attach-trace starts, after the start")
+	attachRoomStorm := flag.Int("attach-room-storm", 0, "with -attach: instead of the relay load, run the room storm with this many peers, 200 at a time, -rounds times")
 	attachHold := flag.Duration("attach-hold", 30*time.Second, "how long -attach-idle holds its peers")
 	flag.StringVar(&c.peeroVersion, "peero-version", "", "the commit of the Peero build, for the report (run.sh passes it)")
 	flag.StringVar(&peeroBin, "peero", peeroBin, "the Peero build to run (run.sh builds ../main.go there)")
@@ -66,6 +67,18 @@ func main() {
 	if *probeAddr != "" {
 		if err := runProbe(*probeAddr); err != nil {
 			log.Fatal(err)
+		}
+		return
+	}
+	if *attach != "" && *attachRoomStorm > 0 {
+		s := &server{kind: peero, addr: *attach, proc: *attachPID}
+		for range c.rounds {
+			res, err := roomStorm(s, *attachRoomStorm, 200)
+			if err != nil {
+				log.Fatal(err)
+			}
+			log.Printf("room storm %d peers: %d let in, %d room full, %d failed; %.1f s of server CPU in %.1f s; probe p50 %.2f  p99 %.2f  max %.2f ms (%d pings)",
+				*attachRoomStorm, res.Accepted, res.RoomFull, res.Failed, res.CPUSeconds, res.Seconds, res.ProbeP50, res.ProbeP99, res.ProbeMax, res.Probes)
 		}
 		return
 	}

@@ -3,14 +3,15 @@
 # of peero_debug.go.txt. Run bench/run.sh -smoke (or the full run) first: it
 # builds .bin/peero and .bin/bench.
 #
-#   bench/profile.sh [OUTDIR [PEERO_BINARY [PARTS]]]    default .profile, .bin/peero, "relay idle"
+#   bench/profile.sh [OUTDIR [PEERO_BINARY [PARTS]]]    default .profile, .bin/peero, "relay storm idle"
 #
 # For 1 and 16 messages in flight a pair (the relay scenario's 50 pairs of
 # 1 KB offers), on a fresh server each: a 10 s CPU profile (cpu-W.pprof), a
 # 2 s execution trace taken after it (trace-W.out, for go tool trace) and
 # one of the load generator at the same time (trace-load-W.out), the
 # server's GODEBUG=gctrace=1 lines (server-W.log) and the load's own figures
-# (load-W.log). Then heap profiles with 10,000 idle peers, of Peero and of
+# (load-W.log). Then a 3 s trace of the room storm (trace-storm.out). Then
+# heap profiles with 10,000 idle peers, of Peero and of
 # the x/net floor (heap-idle-peero.pprof, heap-idle-floor.pprof), with their
 # runtime memory statistics (memstats-idle-*.txt).
 # It prints a summary: the top of each profile, tracestat's figures for each
@@ -22,7 +23,7 @@ cd "$(dirname "$0")"
 export PATH="$PATH:/usr/local/go/bin"
 out=$(realpath -m "${1:-.profile}")
 bin=$(realpath "${2:-.bin/peero}")
-parts=${3:-relay idle}
+parts=${3:-relay storm idle}
 mkdir -p "$out"
 ulimit -n "$(ulimit -Hn)"
 
@@ -51,6 +52,18 @@ for w in 1 16; do
   wait "$load"
   kill "$pid"; wait "$pid" || true
 done
+
+# The room storm (4000 peers try to join one room, 200 at a time, while a
+# probe pings from another): a 3 s trace of the server from its start.
+if [[ $parts == *storm* ]]; then
+  start_peero "$out/server-storm.log"
+  taskset -c 1 .bin/bench -attach "$addr" -attach-pid "$pid" -attach-room-storm 4000 -rounds 1 2>"$out/load-storm.log" &
+  load=$!
+  sleep 0.3 # the probe has joined
+  curl -sS -o "$out/trace-storm.out" "http://$dbg/debug/pprof/trace?seconds=3"
+  wait "$load"
+  kill "$pid"; wait "$pid" || true
+fi
 
 # The idle heap: Peero's, then the floor's (bench/floor) for comparison.
 for srv in peero floor; do
@@ -85,6 +98,10 @@ for w in 1 16; do
   go tool trace -pprof=sched "$out/trace-$w.out" >"$out/sched-$w.pprof" && go tool pprof -top -nodecount=15 "$out/sched-$w.pprof" 2>/dev/null | head -22
   echo "== gctrace (last 5)"; grep '^gc ' "$out/server-$w.log" | tail -5
 done
+if [[ $parts == *storm* ]]; then
+  echo "== room storm"; cat "$out/load-storm.log"
+  echo "== its trace (tracestat)"; (cd tracestat && go run . "$out/trace-storm.out")
+fi
 for srv in peero floor; do
   [[ $parts == *idle* ]] || break
   b=$bin; [ $srv = floor ] && b=.bin/floor

@@ -95,6 +95,10 @@ func main() {
 		lastChange   trace.Time
 		syscalls     int
 		created      int // goroutines
+		blockedAt    = map[trace.GoID]trace.Time{}
+		blockReason  = map[trace.GoID]string{}
+		blocked      = map[string]durations{} // by reason: waiting until runnable again
+		wokenNoProc  int                      // wake-ups by a thread without a P: sysmon's network poll
 		rangeStart   = map[string]trace.Time{}
 		ranges       = map[string]durations{}
 		gcs          int
@@ -152,6 +156,7 @@ func main() {
 					delete(runningAt, id)
 				}
 				if to == trace.GoWaiting {
+					blockedAt[id], blockReason[id] = t, st.Reason
 					if _, ok := kindOf[id]; !ok {
 						if k := classify(st.Stack, *by); k != "" {
 							kindOf[id] = k
@@ -181,6 +186,13 @@ func main() {
 				runnableAt[id] = t
 				setRunnable(t, +1)
 				if from == trace.GoWaiting {
+					if at, ok := blockedAt[id]; ok {
+						blocked[blockReason[id]] = append(blocked[blockReason[id]], t.Sub(at))
+						delete(blockedAt, id)
+					}
+					if ev.Proc() == trace.NoProc {
+						wokenNoProc++
+					}
 					if k, ok := kindOf[id]; ok {
 						groupOf(k).wakeups++
 					} else {
@@ -252,6 +264,15 @@ func main() {
 		}
 		fmt.Printf("%s (%d goroutines): %d wake-ups (%.0f/s)\n  scheduler latency: %v\n  turn: %v\n",
 			name, len(g.goroutines), g.wakeups, float64(g.wakeups)/span.Seconds(), g.waits, g.runs)
+	}
+	fmt.Printf("wake-ups by a thread without a processor (sysmon's network poll): %d (%.0f/s)\n", wokenNoProc, float64(wokenNoProc)/span.Seconds())
+	reasons := make([]string, 0, len(blocked))
+	for reason := range blocked {
+		reasons = append(reasons, reason)
+	}
+	sort.Slice(reasons, func(i, j int) bool { return len(blocked[reasons[i]]) > len(blocked[reasons[j]]) })
+	for _, reason := range reasons {
+		fmt.Printf("blocked for %q, until runnable: %v\n", reason, blocked[reason])
 	}
 	rnames := make([]string, 0, len(ranges))
 	for name := range ranges {
