@@ -71,8 +71,8 @@ type Options struct {
 }
 
 // Events lets a program watch the server, like the Node.js Peero's events. Any hook may be
-// nil. Hooks run without the server's lock, possibly on several goroutines at once, and
-// must not call Close. For each peer, Connection, Peers, Announce come first; Remove, last.
+// nil. Hooks run without the server's lock, possibly on several goroutines at once, and must
+// not call Close. Connection, Peers and Announce of p come before the hooks for what p sends.
 type Events struct {
 	// Connection is called when p has joined its room, before its peers list is sent.
 	Connection func(p *Peer)
@@ -89,7 +89,7 @@ type Events struct {
 	// Error is called when the server drops p for a fault: a failed or slow read or write,
 	// too much waiting, or silence for two ping intervals. Remove follows.
 	Error func(err error, p *Peer)
-	// Remove is called after p left its room and the others were told.
+	// Remove is called once, after p left its room and the others were told.
 	Remove func(p *Peer)
 }
 
@@ -100,7 +100,7 @@ type Peer struct {
 
 	conn     *websocket.Conn // x/net's side: reads, pongs, the close frame
 	raw      net.Conn        // the writer's side: the queued frames
-	lastSeen atomic.Int64    // UnixNano of the last read from the peer, pongs included
+	lastSeen atomic.Int64    // time since epoch of the last read from the peer, pongs included
 
 	mu      sync.Mutex   // guards the fields below
 	queue   net.Buffers  // frames waiting to be written: a header, then its payload
@@ -159,7 +159,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "peero: origin not allowed", http.StatusForbidden)
 	default:
 		p := &Peer{ID: rand.Text(), Room: r.URL.Path}
-		p.lastSeen.Store(time.Now().UnixNano())
+		p.lastSeen.Store(int64(time.Since(epoch)))
 		// Not websocket.Handler, which refuses file:// pages. No subprotocol: Peero has none.
 		none := func(c *websocket.Config, _ *http.Request) error { c.Protocol = nil; return nil }
 		websocket.Server{Handshake: none, Handler: func(c *websocket.Conn) {
@@ -191,7 +191,7 @@ func (s *Server) serve(p *Peer) {
 	if s.Events.Announce != nil {
 		s.Events.Announce(p)
 	}
-	var last []byte // a final message for p, sent just before closing
+	var last []byte // a final frame for p, sent just before closing
 	for {
 		var f frame
 		if err := codec.Receive(p.conn, &f); err != nil {
@@ -200,11 +200,10 @@ func (s *Server) serve(p *Peer) {
 				err = fmt.Errorf("frame larger than %d bytes", s.opts.MaxMessageBytes)
 				fallthrough
 			case errReservedOpcode:
-				last = errorMessage(err.Error() + "; closing")
+				msg := errorMessage(err.Error() + "; closing")
+				last = append(header(msg), msg...)
 			}
-			if err != io.EOF { // a fault, unless a drop caused it: drop keeps the first reason
-				s.drop(p, err)
-			}
+			s.drop(p, err) // EOF is a close; the rest faults, or a drop (whose reason stays)
 			break
 		}
 		if s.Events.Message != nil {
@@ -244,19 +243,19 @@ func (s *Server) serve(p *Peer) {
 			}
 		}
 	}
-	if why := s.drop(p, io.EOF); why != io.EOF && why != context.Canceled && s.Events.Error != nil {
+	why := s.drop(p, io.EOF)
+	if why != io.EOF && why != context.Canceled && s.Events.Error != nil {
 		s.Events.Error(why, p)
 	}
 	s.sendAll(s.leave(p), nil, []byte(`{"type":"remove","peerId":"`+p.ID+`"}`))
 	if s.Events.Remove != nil {
 		s.Events.Remove(p)
 	}
-	p.raw.SetDeadline(time.Now().Add(time.Second)) // for the close (x/net's Close cannot linger)
-	if last != nil {
-		p.raw.Write(append(header(last), last...))
+	// If the server closes first, read to the client's close frame: bytes unread would reset.
+	p.raw.SetDeadline(time.Now().Add(time.Second))
+	p.raw.Write(append(last, 0x88, 2, 0x03, 0xe8)) // the last frame, then a close frame: 1000
+	for why != io.EOF && codec.Receive(p.conn, new(frame)) == nil {
 	}
-	p.raw.Write([]byte{0x88, 2, 0x03, 0xe8}) // a close frame, status 1000
-	io.Copy(io.Discard, p.raw)               // until the client closes: unread bytes would reset it
 }
 
 // parse checks a frame against all of the protocol but the room: typ is a client type;
@@ -371,17 +370,18 @@ func (s *Server) write(p *Peer) {
 	defer s.wg.Done()
 	for {
 		p.mu.Lock()
-		batch, n := p.queue, p.queued.Load() // all that waits: the last batch was counted out
+		batch, n := p.queue, p.queued.Load()
 		p.queue, p.writing = nil, len(batch) > 0 && p.dropped == nil
-		writing := p.writing
-		p.mu.Unlock()
-		if !writing {
+		if !p.writing {
+			p.mu.Unlock()
 			return
 		}
-		p.raw.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
-		_, err := batch.WriteTo(p.raw) // whole: a net.Conn locks each write, x/net's too
+		p.raw.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout)) // under mu: a drop's wins
+		p.mu.Unlock()
+		_, err := p.raw.Write(slices.Concat(batch...)) // frames whole, even over TLS: see liveConn
 		p.mu.Lock()
-		if p.queued.Add(-n); p.dropped == nil { // else drop counted it out of s.queued
+		if p.dropped == nil { // else drop counted it all out
+			p.queued.Add(-n)
 			s.queued.Add(-n)
 		}
 		p.mu.Unlock()
@@ -394,15 +394,14 @@ func (s *Server) write(p *Peer) {
 // ping is the pinger, from New to Close: it pings each peer, and drops the silent ones.
 func (s *Server) ping() {
 	defer s.wg.Done()
-	ticker := time.NewTicker(s.opts.PingInterval)
-	defer ticker.Stop()
+	ticker := time.NewTicker(s.opts.PingInterval) // collected when unused: no Stop needed
 	for {
 		select {
 		case <-s.stop.Done():
 			return
 		case now := <-ticker.C:
 			for _, p := range s.peers() {
-				if now.UnixNano()-p.lastSeen.Load() > int64(2*s.opts.PingInterval) {
+				if int64(now.Sub(epoch))-p.lastSeen.Load() > int64(2*s.opts.PingInterval) {
 					s.drop(p, errors.New("nothing received for two ping intervals"))
 				} else {
 					s.send(p, nil)
@@ -419,8 +418,8 @@ func (s *Server) drop(p *Peer, reason error) error {
 	defer p.mu.Unlock()
 	if p.dropped == nil {
 		p.dropped = reason
-		s.queued.Add(-p.queued.Load()) // the writer frees it soon, and a room has no p to drop
-		p.conn.SetDeadline(time.Now()) // not I/O: it wakes the blocked read, and the writer
+		s.queued.Add(-p.queued.Swap(0)) // the writer frees it soon; dropLargest passes p over
+		p.conn.SetDeadline(time.Now())  // not I/O: it wakes the blocked read, and the writer
 	}
 	return p.dropped
 }
@@ -450,7 +449,8 @@ func (s *Server) Run(ready func(port string)) error {
 	return s.Close() // waits for the Close in progress
 }
 
-// Close closes every peer with a close frame, and returns when all goroutines have ended.
+// Close closes every peer with a close frame, and returns when the goroutines of every peer
+// that joined, and the pinger's, have ended.
 func (s *Server) Close() error {
 	s.cancel() // no join after it; those before are in peers
 	for _, p := range s.peers() {
@@ -466,6 +466,7 @@ type frame struct {
 }
 
 var errReservedOpcode = errors.New("reserved WebSocket opcode")
+var epoch = time.Now() // for lastSeen: time.Since(epoch) is monotonic, unlike the wall clock
 
 // codec receives a frame, a message with its kind, which x/net's Message codec hides.
 var codec = websocket.Codec{Unmarshal: func(data []byte, opcode byte, v any) error {
@@ -485,15 +486,14 @@ func header(msg []byte) []byte {
 		return []byte{0x81, byte(n)}
 	case n < 1<<16:
 		return []byte{0x81, 126, byte(n >> 8), byte(n)}
-	default: // n < maxQueuedPerPeer
+	default: // n < 4 GiB
 		return []byte{0x81, 127, 0, 0, 0, 0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
 	}
 }
 
-// liveConn hijacks p's connection for x/net. A read stores the time in
-// p.lastSeen: x/net hides pongs, yet they show life. A write (x/net's: the
-// handshake, pongs, the close frame) sets a deadline for itself, so that no
-// deadline set for an earlier write can fail it.
+// liveConn hijacks p's connection for x/net. A read stores the time in p.lastSeen: x/net
+// hides pongs, yet they show life. A write (x/net's: the handshake, pongs) sets a deadline
+// for itself, so that no deadline set for an earlier write can fail it.
 type liveConn struct {
 	http.ResponseWriter
 	p       *Peer
@@ -511,7 +511,7 @@ func (c *liveConn) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 }
 
 func (c *liveConn) Read(b []byte) (int, error) {
-	defer func() { c.p.lastSeen.Store(time.Now().UnixNano()) }() // as the read returns
+	defer func() { c.p.lastSeen.Store(int64(time.Since(epoch))) }() // as the read returns
 	return c.r.Read(b)
 }
 

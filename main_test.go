@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -999,6 +1000,66 @@ func TestClientPingsWhileReceiving(t *testing.T) {
 	}
 }
 
+// TestFramesStayWholeOverTLS: a pong never lands inside a message, even over
+// TLS, where writing a batch of frames could take a write for each slice.
+func TestFramesStayWholeOverTLS(t *testing.T) {
+	srv := New(Options{})
+	ts := httptest.NewTLSServer(srv)
+	t.Cleanup(func() {
+		srv.Close()
+		ts.Close()
+	})
+	base := "wss://" + strings.TrimPrefix(ts.URL, "https://")
+	sender := dialRaw(t, base+"/r", nil)
+	sender.readFrame() // peers
+	r := dialRaw(t, base+"/r", nil)
+	_, data := r.readFrame()
+	var peers msg
+	json.Unmarshal(data, &peers)
+	const offers = 3000
+	errs := make(chan error, 2)
+	go func() {
+		for i := range offers {
+			text := fmt.Sprintf(`{"type":"offer","peerId":"%s","signal":%d}`, peers.ID, i)
+			if _, err := sender.conn.Write(clientFrame(true, 0x1, []byte(text))); err != nil {
+				errs <- err
+				return
+			}
+		}
+		errs <- nil
+	}()
+	stop := make(chan bool)
+	go func() { // pings as fast as the connection takes them, while the offers stream in
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				errs <- nil
+				return
+			default:
+			}
+			if _, err := r.conn.Write(clientFrame(true, 0x9, []byte("p"))); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	for got := 0; got < offers; {
+		switch op, data := r.readFrame(); {
+		case op == 0xA && string(data) == "p":
+		case op == 0x1 && strings.HasSuffix(string(data), fmt.Sprintf(`"signal":%d}`, got)):
+			got++
+		default:
+			t.Fatalf("after %d offers: opcode %#x %q; want whole offers and pongs", got, op, data)
+		}
+	}
+	close(stop)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestFaultsAreReported: a peer dropped for breaking the protocol is
 // reported through Error, then Remove; the room is told.
 func TestFaultsAreReported(t *testing.T) {
@@ -1310,9 +1371,12 @@ type rawConn struct {
 // connection with the response status; it is closed when the test ends.
 func dialRaw(t *testing.T, url string, header http.Header) *rawConn {
 	t.Helper()
-	u := strings.TrimPrefix(url, "ws://")
+	scheme, u, _ := strings.Cut(url, "://")
 	host, path, _ := strings.Cut(u, "/")
 	conn, err := net.Dial("tcp", host)
+	if scheme == "wss" { // to an httptest TLS server
+		conn, err = tls.Dial("tcp", host, &tls.Config{InsecureSkipVerify: true})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
