@@ -28,6 +28,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -251,11 +252,10 @@ func (s *Server) serve(p *Peer) {
 	if s.Events.Remove != nil {
 		s.Events.Remove(p)
 	}
-	// If the server closes first, read to the client's close frame: bytes unread would reset.
 	p.raw.SetDeadline(time.Now().Add(time.Second))
 	p.raw.Write(append(last, 0x88, 2, 0x03, 0xe8)) // the last frame, then a close frame: 1000
 	for why != io.EOF && codec.Receive(p.conn, new(frame)) == nil {
-	}
+	} // if the server closed first, read to the client's close frame: unread bytes would reset
 }
 
 // parse checks a frame against all of the protocol but the room: typ is a client type;
@@ -365,11 +365,16 @@ func (s *Server) send(p *Peer, msg []byte) {
 }
 
 // write is p's writer, from send or serve until p's queue is empty or p is dropped. It
-// writes a batch with one writev, past x/net, which makes each message two system calls.
+// writes each batch with one system call, past x/net, which takes two for each message.
 func (s *Server) write(p *Peer) {
 	defer s.wg.Done()
+	var written int64 // by the last batch, counted out at the next
 	for {
 		p.mu.Lock()
+		if p.dropped == nil { // else drop counted it all out
+			p.queued.Add(-written)
+			s.queued.Add(-written)
+		}
 		batch, n := p.queue, p.queued.Load()
 		p.queue, p.writing = nil, len(batch) > 0 && p.dropped == nil
 		if !p.writing {
@@ -378,14 +383,8 @@ func (s *Server) write(p *Peer) {
 		}
 		p.raw.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout)) // under mu: a drop's wins
 		p.mu.Unlock()
-		_, err := p.raw.Write(slices.Concat(batch...)) // frames whole, even over TLS: see liveConn
-		p.mu.Lock()
-		if p.dropped == nil { // else drop counted it all out
-			p.queued.Add(-n)
-			s.queued.Add(-n)
-		}
-		p.mu.Unlock()
-		if err != nil {
+		_, err := p.raw.Write(slices.Concat(batch...)) // one write: frames whole, over TLS too
+		if written = n; err != nil {
 			s.drop(p, fmt.Errorf("send to %s: %w", p.ID, err))
 		}
 	}
@@ -405,6 +404,7 @@ func (s *Server) ping() {
 					s.drop(p, errors.New("nothing received for two ping intervals"))
 				} else {
 					s.send(p, nil)
+					runtime.Gosched() // let its writer end: 10,000 at once would each hold a stack
 				}
 			}
 		}
