@@ -11,12 +11,14 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha1"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -40,9 +42,41 @@ import (
 	"golang.org/x/net/websocket"
 )
 
+// Limits that Options does not set.
 const (
-	maxQueuedPerPeer = 4 << 20  // signals for a peer are KiB; MiB mean it stopped reading
-	maxHeader        = 12 << 10 // request head bytes for Run; net/http adds 4 KiB; browsers: 1-2
+	maxHeader    = 12 << 10    // request head bytes for Run; net/http adds 4 KiB; browsers: 1-2
+	maxURI       = 1024        // the room and query are kept while the peer is, and logged
+	readBuffer   = 2 << 10     // per peer: one read takes in a typical signal, header and all
+	closeTimeout = time.Second // to write what is left and the close frame, then read the reply
+)
+
+// What may wait to be sent to a peer, in frames of the largest size (MaxMessageBytes).
+const (
+	behind  = 4  // a peer with more waiting is behind: its senders wait while it reads
+	tooMuch = 64 // a peer with more waiting has stopped reading: it is dropped
+)
+
+// stalled is how long a write to a peer that is behind may take before its senders stop
+// waiting for it: it may have stopped reading.
+const stalled = 50 * time.Millisecond
+
+// WebSocket framing (RFC 6455, section 5.2): the bits and opcodes Peero reads and writes.
+const (
+	finBit  = 0x80 // byte 0: the last frame of a message
+	rsvBits = 0x70 // byte 0: for extensions, and Peero negotiates none
+	maskBit = 0x80 // byte 1: set in every frame a client sends
+
+	opContinuation, opText, opBinary = 0x0, 0x1, 0x2 // data frames
+	opClose, opPing, opPong          = 0x8, 0x9, 0xA // control frames
+)
+
+// Close status codes (RFC 6455, section 7.4.1; 1013 is in IANA's registry).
+const (
+	closeNormal        = 1000 // the reply to the client's close
+	closeGoingAway     = 1001 // the server is shutting down
+	closeProtocolError = 1002 // a frame RFC 6455 forbids
+	closeTooBig        = 1009 // a frame larger than MaxMessageBytes
+	closeTryAgainLater = 1013 // the server or the room is full
 )
 
 // Options configures a Server. A zero field means its default.
@@ -50,7 +84,8 @@ type Options struct {
 	// Addr is the address Run listens on, such as "127.0.0.1:8080"; default ":" + Port,
 	// every interface. Port defaults to "8080"; "0" picks a free port.
 	Addr, Port string
-	// MaxMessageBytes is the largest frame accepted; default 64 KiB.
+	// MaxMessageBytes is the largest frame accepted; default 64 KiB. A peer with more than
+	// 64 frames of that size waiting to be sent to it is dropped: it stopped reading.
 	MaxMessageBytes int
 	// MaxPeers and MaxRoomPeers are the most peers held at once, over all rooms (default
 	// 10000) and in one room (default 1000).
@@ -72,10 +107,13 @@ type Options struct {
 }
 
 // Events lets a program watch the server, like the Node.js Peero's events. Any hook may be
-// nil. Hooks run without the server's lock, possibly on several goroutines at once, and must
-// not call Close. Connection, Peers and Announce of p come before the hooks for what p sends.
+// nil. Hooks run without the server's lock, on the goroutine of the peer they are about, in
+// order: Connection, Peers and Announce of p before the hooks for what p sends. While a hook
+// runs nothing more is read from its peer, and one that blocks for two ping intervals gets
+// its peer dropped as silent: hand slow work to a goroutine of your own. Hooks must not call
+// Close.
 type Events struct {
-	// Connection is called when p has joined its room, before its peers list is sent.
+	// Connection is called when p has joined its room and its peers list is queued.
 	Connection func(p *Peer)
 	// Message is called with every message from p, bad ones included, before it is handled.
 	Message func(p *Peer, message []byte)
@@ -85,10 +123,11 @@ type Events struct {
 	Answer func(p *Peer, peerID string, signal json.RawMessage)
 	// Announce is called after the others of p's room were told p joined.
 	Announce func(p *Peer)
-	// Peers is called after a peers list was queued for p.
+	// Peers is called after a peers list, of the ids in peers, was queued for p.
 	Peers func(p *Peer, peers []string)
-	// Error is called when the server drops p for a fault: a failed or slow read or write,
-	// too much waiting, or silence for two ping intervals. Remove follows.
+	// Error is called when the server drops p for a fault: a failed or slow read or write, a
+	// frame it does not accept, too much waiting, or silence for two ping intervals. Remove
+	// follows.
 	Error func(err error, p *Peer)
 	// Remove is called once, after p left its room and the others were told.
 	Remove func(p *Peer)
@@ -99,15 +138,20 @@ type Peer struct {
 	ID   string // assigned by the server: 128 random bits as text, never reused
 	Room string // the URL path the peer connected to
 
-	conn     *websocket.Conn // x/net's side: reads, pongs, the close frame
-	raw      net.Conn        // the writer's side: the queued frames
-	lastSeen atomic.Int64    // time since epoch of the last read from the peer, pongs included
+	conn     net.Conn      // written only by p's writer; closed by finish
+	in       *bufio.Reader // what the client sends; read only by p's read loop
+	lastSeen atomic.Int64  // time since epoch of the last frame from p, pongs included
 
-	mu      sync.Mutex   // guards the fields below
-	queue   net.Buffers  // frames waiting to be written: a header, then its payload
-	queued  atomic.Int64 // bytes of the payloads queued or being written; set under mu
-	writing bool         // a writer runs, or serve will start one
-	dropped error        // why the peer is leaving, once it is; nothing is queued then
+	mu      sync.Mutex     // guards the fields below
+	queue   net.Buffers    // frames waiting to be written: a header, then its payload
+	queued  atomic.Int64   // bytes in queue or being written; changed under mu, read by evict
+	writing bool           // p's writer runs: queue starts it, and it ends when queue is empty
+	started time.Time      // when the writer's last write started
+	writer  sync.WaitGroup // for p's writer to end, before finish closes conn
+	drained sync.Cond      // broadcast when a write ends, or p closes; throttle waits on it
+	closed  bool           // a close frame is queued, or p was dropped: nothing more is
+	dropped bool           // p was cut off: what waited was discarded
+	fault   error          // why p was dropped, or what was wrong with its frames
 }
 
 // Server is a Peero server: New, set Events, then call Run or mount it as an http.Handler
@@ -115,10 +159,10 @@ type Peer struct {
 type Server struct {
 	Events Events // set before serving
 	opts   Options
-	wg     sync.WaitGroup     // counts read loops, writers and the pinger, for Close
+	wg     sync.WaitGroup     // counts the pinger, and each peer from join to its socket's close
 	stop   context.Context    // done when Close begins
 	cancel context.CancelFunc // called by Close
-	queued atomic.Int64       // bytes waiting for all peers: queued, or being written
+	queued atomic.Int64       // bytes waiting for all peers: the sum of their queued
 
 	mu    sync.Mutex         // guards rooms and count
 	rooms map[string][]*Peer // room -> its peers: replaced, never changed, so usable unlocked
@@ -154,121 +198,241 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"connect with a WebSocket to ws://HOST/ROOM", http.StatusUpgradeRequired)
 	case !r.ProtoAtLeast(1, 1):
 		http.Error(w, "peero: a WebSocket needs HTTP/1.1", http.StatusBadRequest)
-	case len(r.RequestURI) > 1024: // the room and query are kept while the peer is, and logged
+	case len(r.RequestURI) > maxURI:
 		http.Error(w, "peero: URI too long", http.StatusRequestURITooLong)
 	case origin != "" && len(s.opts.Origins) > 0 && !slices.Contains(s.opts.Origins, origin):
 		http.Error(w, "peero: origin not allowed", http.StatusForbidden)
 	default:
 		p := &Peer{ID: rand.Text(), Room: r.URL.Path}
 		p.lastSeen.Store(int64(time.Since(epoch)))
+		p.drained.L = &p.mu
+		// x/net does the handshake; then Peero reads and writes frames itself (readFrame).
 		// Not websocket.Handler, which refuses file:// pages. No subprotocol: Peero has none.
 		none := func(c *websocket.Config, _ *http.Request) error { c.Protocol = nil; return nil }
-		websocket.Server{Handshake: none, Handler: func(c *websocket.Conn) {
-			r.Header = nil // up to 16 KiB, which c would keep as long as the peer stays
-			p.conn, c.MaxPayloadBytes = c, s.opts.MaxMessageBytes
-			s.serve(p)
-		}}.ServeHTTP(&liveConn{ResponseWriter: w, p: p, timeout: s.opts.WriteTimeout}, r)
+		handled := false
+		start := func(*websocket.Conn) { handled = true; s.start(p) }
+		websocket.Server{Handshake: none, Handler: start}.ServeHTTP(hijacker{w, p}, r)
+		if p.conn != nil && !handled { // x/net refused the handshake, and keepOpen kept it
+			p.conn.Close()
+		}
 	}
 }
 
-// serve is p's read loop: it joins p, handles its messages in order, then removes p.
-func (s *Server) serve(p *Peer) {
-	others, err := s.join(p)
+// hijacker takes the connection from net/http for x/net's handshake, and keeps it for p.
+type hijacker struct {
+	http.ResponseWriter
+	p *Peer
+}
+
+// Hijack gives p the connection, with what net/http read past the request, and gives x/net
+// one it cannot close: x/net closes it when its handler returns, while p lives on.
+func (h hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, rw, err := http.NewResponseController(h.ResponseWriter).Hijack()
 	if err != nil {
-		p.conn.Write(errorMessage(err.Error()))
-		p.conn.Close()
+		return nil, nil, err
+	}
+	early, _ := rw.Reader.Peek(rw.Reader.Buffered()) // frames sent right behind the request
+	h.p.conn = conn
+	h.p.in = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(early), conn), readBuffer)
+	return keepOpen{conn}, rw, nil
+}
+
+// keepOpen is a connection whose Close does nothing: finish closes it.
+type keepOpen struct{ net.Conn }
+
+func (keepOpen) Close() error { return nil }
+
+// start runs on net/http's goroutine once the handshake is done: it joins p, tells the room
+// and hands p's read loop to a goroutine of its own. net/http's goroutine then ends, with the
+// stack that the request, the handshake and the hooks grew; an idle peer costs only the new
+// goroutine's, which stays small (bench/RESULTS.md: 0.65 times what x/net's floor costs).
+func (s *Server) start(p *Peer) {
+	others, refused := s.join(p)
+	if refused != nil {
+		s.close(p, refused.code, errorMessage(refused.text), nil)
+		s.finish(p, true)
 		return
 	}
-	defer s.wg.Done()
 	if s.Events.Connection != nil {
 		s.Events.Connection(p)
 	}
-	s.wg.Add(1)
-	go s.write(p) // join queued the peers list, and left starting the writer to us
 	if s.Events.Peers != nil {
 		s.Events.Peers(p, peerIDs(others, nil))
 	}
-	s.sendAll(others, nil, []byte(`{"type":"announce","peerId":"`+p.ID+`"}`)) // ids: no escaping
+	s.sendAll(others, nil, text(`{"type":"announce","peerId":"`+p.ID+`"}`)) // ids: no escaping
 	if s.Events.Announce != nil {
 		s.Events.Announce(p)
 	}
-	var last []byte // a final frame for p, sent just before closing
-	for {
-		var f frame
-		if err := codec.Receive(p.conn, &f); err != nil {
-			switch err {
-			case websocket.ErrFrameTooLarge:
-				err = fmt.Errorf("frame larger than %d bytes", s.opts.MaxMessageBytes)
-				fallthrough
-			case errReservedOpcode:
-				msg := errorMessage(err.Error() + "; closing")
-				last = append(header(msg), msg...)
-			}
-			s.drop(p, err) // EOF is a close; the rest faults, or a drop (whose reason stays)
-			break
-		}
-		if s.Events.Message != nil {
-			s.Events.Message(p, f.data)
-		}
-		s.mu.Lock()
-		room := s.rooms[p.Room] // replaced, never changed: safe to use unlocked
-		s.mu.Unlock()
-		typ, peerID, signal, err := parse(f)
-		switch {
-		case err != nil:
-			s.send(p, errorMessage(err.Error()))
-		case typ == "ping":
-			s.send(p, []byte(`{"type":"pong"}`))
-		case typ == "peers":
-			ids := peerIDs(room, p)
-			s.send(p, s.peersMessage(p, ids))
-			if s.Events.Peers != nil {
-				s.Events.Peers(p, ids)
-			}
-		default: // an offer, answer or candidate: relayed with p as the sender
-			to := room
-			if peerID != "" {
-				i := slices.IndexFunc(to, func(o *Peer) bool { return o.ID == peerID && o != p })
-				if i < 0 {
-					s.send(p, errorMessage(fmt.Sprintf("no peer %q in this room", peerID)))
-					break
-				}
-				to = to[i : i+1]
-			}
-			s.sendAll(to, p, relayed(typ, p.ID, signal))
-			if typ == "offer" && s.Events.Offer != nil {
-				s.Events.Offer(p, signal)
-			}
-			if typ == "answer" && s.Events.Answer != nil {
-				s.Events.Answer(to[0], p.ID, signal)
-			}
-		}
+	go s.serve(p)
+}
+
+// serve is p's read loop, on a goroutine of its own from start: it handles p's messages in
+// order until the connection ends, then removes p and closes its connection.
+func (s *Server) serve(p *Peer) {
+	defer s.wg.Done()
+	err := s.read(p)
+	var bad *closeError
+	switch {
+	case errors.As(err, &bad):
+		s.close(p, bad.code, errorMessage(bad.text+"; closing"), err)
+	case err == io.EOF: // the client closed: the reply
+		s.close(p, closeNormal, nil, nil)
+	case !errors.Is(err, os.ErrDeadlineExceeded): // else close or drop woke the read loop
+		s.drop(p, err)
 	}
-	why := s.drop(p, io.EOF)
-	if why != io.EOF && why != context.Canceled && s.Events.Error != nil {
-		s.Events.Error(why, p)
+	p.mu.Lock()
+	fault := p.fault
+	p.mu.Unlock()
+	s.sendAll(s.leave(p), nil, text(`{"type":"remove","peerId":"`+p.ID+`"}`))
+	if fault != nil && s.Events.Error != nil {
+		s.Events.Error(fault, p)
 	}
-	s.sendAll(s.leave(p), nil, []byte(`{"type":"remove","peerId":"`+p.ID+`"}`))
 	if s.Events.Remove != nil {
 		s.Events.Remove(p)
 	}
-	p.raw.SetDeadline(time.Now().Add(time.Second))
-	p.raw.Write(append(last, 0x88, 2, 0x03, 0xe8)) // the last frame, then a close frame: 1000
-	for why != io.EOF && codec.Receive(p.conn, new(frame)) == nil {
-	} // if the server closed first, read to the client's close frame: unread bytes would reset
+	s.finish(p, err != io.EOF)
 }
 
-// parse checks a frame against all of the protocol but the room: typ is a client type;
-// offer, answer and candidate have a signal, and all but offer a peerID (the recipient).
-func parse(f frame) (typ, peerID string, signal json.RawMessage, err error) {
+// read reads p's frames, answers its pings and handles its messages until the client closes
+// (io.EOF) or the connection fails or is ended (the error).
+func (s *Server) read(p *Peer) error {
+	var kind byte // of the last message: a continuation frame is taken as one of its kind
+	for {
+		op, payload, err := readFrame(p.in, s.opts.MaxMessageBytes)
+		if err != nil {
+			return err
+		}
+		p.lastSeen.Store(int64(time.Since(epoch)))
+		switch op {
+		case opClose:
+			return io.EOF
+		case opPing:
+			s.send(p, frame(opPong, payload))
+		case opPong: // a sign of life, stored above
+		case opContinuation:
+			if kind == 0 {
+				return &closeError{closeProtocolError, "reserved WebSocket opcode"}
+			}
+			s.handle(p, kind == opBinary, payload)
+		default: // text or binary: readFrame refuses the rest
+			kind = op
+			s.handle(p, kind == opBinary, payload)
+		}
+	}
+}
+
+// A closeError ends a connection with an error message, then a close frame of code: for a
+// frame Peero does not accept, or a peer that cannot join.
+type closeError struct {
+	code int
+	text string
+}
+
+func (e *closeError) Error() string { return e.text }
+
+// readFrame reads one frame from a client (RFC 6455, section 5.2) and returns its opcode and
+// unmasked payload. It refuses frames larger than max and those the RFC says fail the
+// connection, but for fragments: the read loop takes each fragment as a message.
+func readFrame(r *bufio.Reader, max int) (op byte, payload []byte, err error) {
+	var head [2]byte
+	if _, err := io.ReadFull(r, head[:]); err != nil {
+		return 0, nil, err
+	}
+	op = head[0] & 0x0f
+	n := uint64(head[1] &^ maskBit)
+	if n >= 126 { // the length is in the next 2 bytes, or 8
+		var length [8]byte
+		size := 8
+		if n == 126 {
+			size = 2
+		}
+		if _, err := io.ReadFull(r, length[8-size:]); err != nil {
+			return 0, nil, err
+		}
+		n = binary.BigEndian.Uint64(length[:])
+	}
 	switch {
-	case f.binary:
+	case head[1]&maskBit == 0:
+		return 0, nil, &closeError{closeProtocolError, "unmasked frame"}
+	case head[0]&rsvBits != 0:
+		return 0, nil, &closeError{closeProtocolError, "reserved bits set, with no extension"}
+	case op > opBinary && op < opClose || op > opPong:
+		return 0, nil, &closeError{closeProtocolError, "reserved WebSocket opcode"}
+	case op >= opClose && (head[0]&finBit == 0 || n > 125):
+		return 0, nil, &closeError{closeProtocolError, "control frame fragmented or too long"}
+	case n > uint64(max):
+		return 0, nil, &closeError{closeTooBig, fmt.Sprintf("frame larger than %d bytes", max)}
+	}
+	var key [4]byte
+	if _, err := io.ReadFull(r, key[:]); err != nil {
+		return 0, nil, err
+	}
+	payload = make([]byte, n)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		return 0, nil, err
+	}
+	for i := range payload {
+		payload[i] ^= key[i%4]
+	}
+	return op, payload, nil
+}
+
+// handle acts on one message from p: it replies to ping, peers and mistakes, and relays
+// offers, answers and candidates.
+func (s *Server) handle(p *Peer, binary bool, message []byte) {
+	if s.Events.Message != nil {
+		s.Events.Message(p, message)
+	}
+	typ, peerID, signal, err := parse(binary, message)
+	switch {
+	case err != nil:
+		s.send(p, text(errorMessage(err.Error())))
+	case typ == "ping":
+		s.send(p, text(`{"type":"pong"}`))
+	case typ == "peers":
+		ids := peerIDs(s.room(p.Room), p)
+		s.send(p, text(s.peersMessage(p, ids)))
+		if s.Events.Peers != nil {
+			s.Events.Peers(p, ids)
+		}
+	default:
+		s.relay(p, typ, peerID, signal)
+	}
+}
+
+// relay hands an offer, answer or candidate from p on to the peer it names, or an offer
+// without one to all of p's room, with p as the sender.
+func (s *Server) relay(p *Peer, typ, peerID string, signal json.RawMessage) {
+	to := s.room(p.Room)
+	if peerID != "" {
+		i := slices.IndexFunc(to, func(o *Peer) bool { return o.ID == peerID && o != p })
+		if i < 0 {
+			s.send(p, text(errorMessage(fmt.Sprintf("no peer %q in this room", peerID))))
+			return
+		}
+		to = to[i : i+1]
+	}
+	s.sendAll(to, p, text(relayed(typ, p.ID, signal)))
+	s.throttle(to)
+	if typ == "offer" && s.Events.Offer != nil {
+		s.Events.Offer(p, signal)
+	}
+	if typ == "answer" && s.Events.Answer != nil {
+		s.Events.Answer(to[0], p.ID, signal)
+	}
+}
+
+// parse checks a message against all of the protocol but the room: typ is a client type;
+// offer, answer and candidate have a signal, and all but offer a peerID (the recipient).
+func parse(binary bool, message []byte) (typ, peerID string, signal json.RawMessage, err error) {
+	switch {
+	case binary:
 		return "", "", nil, errors.New("binary frames are not accepted; send JSON as text")
-	case !utf8.Valid(f.data):
+	case !utf8.Valid(message):
 		return "", "", nil, errors.New("message is not valid UTF-8")
 	}
 	var fields map[string]json.RawMessage // not a struct: its keys would match in any case
-	if json.Unmarshal(f.data, &fields) != nil || fields == nil {
+	if json.Unmarshal(message, &fields) != nil || fields == nil {
 		return "", "", nil, errors.New("message is not a JSON object")
 	}
 	if typ, err = jsonString(fields, "type", true); err != nil || typ == "ping" || typ == "peers" {
@@ -285,32 +449,38 @@ func parse(f frame) (typ, peerID string, signal json.RawMessage, err error) {
 }
 
 // jsonString returns fields[key], a JSON string not empty, or "" if absent and not required.
-func jsonString(m map[string]json.RawMessage, key string, required bool) (s string, err error) {
-	raw, ok := m[key]
-	if ok && (raw[0] != '"' || json.Unmarshal(raw, &s) != nil || s == "") || !ok && required {
-		err = fmt.Errorf("message needs %q, a string that is not empty", key)
+func jsonString(fields map[string]json.RawMessage, key string, required bool) (string, error) {
+	bad := fmt.Errorf("message needs %q, a string that is not empty", key)
+	raw, ok := fields[key]
+	if !ok && required {
+		return "", bad
 	}
-	return s, err
+	var s string
+	if ok && (raw[0] != '"' || json.Unmarshal(raw, &s) != nil || s == "") {
+		return "", bad
+	}
+	return s, nil
 }
 
 // join adds p to its room and queues its peers list, which names the peers it returns.
-func (s *Server) join(p *Peer) ([]*Peer, error) {
+func (s *Server) join(p *Peer) ([]*Peer, *closeError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	others := s.rooms[p.Room]
 	switch {
 	case s.stop.Err() != nil:
-		return nil, errors.New("server closing")
+		return nil, &closeError{closeGoingAway, "server closing"}
 	case s.count >= s.opts.MaxPeers:
-		return nil, errors.New("server full")
+		return nil, &closeError{closeTryAgainLater, "server full"}
 	case len(others) >= s.opts.MaxRoomPeers:
-		return nil, errors.New("room full")
+		return nil, &closeError{closeTryAgainLater, "room full"}
 	}
 	s.rooms[p.Room] = append(slices.Clip(others), p) // Clip: append must copy, not change others
 	s.count++
-	s.wg.Add(1) // for p's read loop, under mu so that Close cannot begin waiting first
-	msg := s.peersMessage(p, peerIDs(others, nil))
-	p.queue, p.writing = net.Buffers{header(msg), msg}, true // no lock: unseen yet; not counted
+	s.wg.Add(1) // under mu, so that Close cannot begin waiting first
+	p.mu.Lock() // queued before s.mu is released: nothing can come before p's peers list
+	s.queue(p, text(s.peersMessage(p, peerIDs(others, nil))))
+	p.mu.Unlock()
 	return others, nil
 }
 
@@ -319,10 +489,19 @@ func (s *Server) leave(p *Peer) []*Peer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	others := slices.DeleteFunc(slices.Clone(s.rooms[p.Room]), func(o *Peer) bool { return o == p })
-	if s.rooms[p.Room], s.count = others, s.count-1; len(others) == 0 {
+	s.rooms[p.Room] = others
+	if len(others) == 0 {
 		delete(s.rooms, p.Room)
 	}
+	s.count--
 	return others
+}
+
+// room returns the peers of a room, in a slice that is never changed.
+func (s *Server) room(path string) []*Peer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rooms[path]
 }
 
 // peers returns the peers of every room.
@@ -332,65 +511,182 @@ func (s *Server) peers() []*Peer {
 	return slices.Concat(slices.Collect(maps.Values(s.rooms))...)
 }
 
-func (s *Server) sendAll(peers []*Peer, except *Peer, msg []byte) {
+func (s *Server) sendAll(peers []*Peer, except *Peer, f net.Buffers) {
 	for _, p := range peers {
 		if p != except {
-			s.send(p, msg)
+			s.send(p, f)
 		}
 	}
 }
 
-// send queues msg for p (nil: a ping) and starts p's writer if none runs. It never blocks:
-// it drops a peer with too much waiting. Its caller is in s.wg, so Close waits for both.
-func (s *Server) send(p *Peer, msg []byte) {
-	if s.queued.Load()+int64(len(msg)) > int64(s.opts.MaxQueuedBytes) {
-		s.dropLargest()
+// send queues frame f for p. It never blocks: a peer with too much waiting is dropped, and
+// so is the one with the most waiting when what waits for all would pass MaxQueuedBytes.
+func (s *Server) send(p *Peer, f net.Buffers) {
+	n := size(f)
+	for s.queued.Load()+n > int64(s.opts.MaxQueuedBytes) && s.evict(n) {
+	}
+	if p.queued.Load()+n > tooMuch*int64(s.opts.MaxMessageBytes) {
+		s.drop(p, fmt.Errorf("more than %d frames of the largest size waiting", tooMuch))
+		return
 	}
 	p.mu.Lock()
-	full := p.queued.Load()+int64(len(msg)) > maxQueuedPerPeer
-	start := p.dropped == nil && !full && !p.writing
-	if p.dropped == nil && !full {
-		p.queue, p.writing = append(p.queue, header(msg), msg), true
-		p.queued.Add(int64(len(msg)))
-		s.queued.Add(int64(len(msg)))
-	}
+	s.queue(p, f)
 	p.mu.Unlock()
-	if full {
-		s.drop(p, fmt.Errorf("more than %d MiB waiting to be sent", maxQueuedPerPeer>>20))
+}
+
+// queue puts f after p's other frames, unless p is closed, and starts p's writer if none
+// runs. p.mu is held.
+func (s *Server) queue(p *Peer, f net.Buffers) {
+	if p.closed {
+		return
 	}
-	if start {
-		s.wg.Add(1)
+	p.queue = append(p.queue, f...)
+	s.account(p, size(f))
+	if !p.writing {
+		p.writing = true
+		p.writer.Add(1)
 		go s.write(p)
 	}
 }
 
-// write is p's writer, from send or serve until p's queue is empty or p is dropped. It
-// writes each batch with one system call, past x/net, which takes two for each message.
+// write is p's writer, started by queue, and the only goroutine that writes to p.conn: it
+// writes what waits, in order, a batch at a time, and ends when nothing does.
 func (s *Server) write(p *Peer) {
-	defer s.wg.Done()
-	var written int64 // by the last batch, counted out at the next
+	defer p.writer.Done()
 	for {
 		p.mu.Lock()
-		if p.dropped == nil { // else drop counted it all out
-			p.queued.Add(-written)
-			s.queued.Add(-written)
-		}
-		batch, n := p.queue, p.queued.Load()
-		p.queue, p.writing = nil, len(batch) > 0 && p.dropped == nil
-		if !p.writing {
+		batch := p.queue
+		p.queue = nil
+		if len(batch) == 0 {
+			p.writing = false
 			p.mu.Unlock()
 			return
 		}
-		p.raw.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout)) // under mu: a drop's wins
+		p.started = time.Now()
+		if !p.closed { // once it is, close or drop has set the deadline for the rest
+			p.conn.SetWriteDeadline(p.started.Add(s.opts.WriteTimeout))
+		}
 		p.mu.Unlock()
-		_, err := p.raw.Write(slices.Concat(batch...)) // one write: frames whole, over TLS too
-		if written = n; err != nil {
+		n := size(batch)
+		// One system call for all the frames of a batch. Over TLS each buffer is a write of
+		// its own, but no other goroutine writes in between, so frames stay whole.
+		_, err := batch.WriteTo(p.conn)
+		p.mu.Lock()
+		s.account(p, -n)
+		p.drained.Broadcast()
+		p.mu.Unlock()
+		if err != nil {
 			s.drop(p, fmt.Errorf("send to %s: %w", p.ID, err))
 		}
 	}
 }
 
-// ping is the pinger, from New to Close: it pings each peer, and drops the silent ones.
+// throttle stops the read loop of the sender of a message to peers while one of them is
+// behind and reading, so that a flood's cost falls on the peer that floods, not on those
+// that read it. A peer whose write in progress has stalled is not waited on: it may have
+// stopped reading, and is dropped once it has too much waiting.
+func (s *Server) throttle(peers []*Peer) {
+	limit := behind * int64(s.opts.MaxMessageBytes)
+	for _, p := range peers {
+		p.mu.Lock()
+		for p.queued.Load() > limit && !p.closed && time.Since(p.started) < stalled {
+			wake := time.AfterFunc(stalled-time.Since(p.started), p.drained.Broadcast)
+			p.drained.Wait()
+			wake.Stop()
+		}
+		p.mu.Unlock()
+	}
+}
+
+// close queues for p, after what waits, final if not nil and a close frame of code, then
+// nothing more: the rest must be written within closeTimeout. It records fault, if not nil,
+// as what was wrong, and wakes p's read loop. Once p is closed, close does nothing.
+func (s *Server) close(p *Peer, code int, final []byte, fault error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	if final != nil {
+		s.queue(p, text(final))
+	}
+	s.queue(p, frame(opClose, binary.BigEndian.AppendUint16(nil, uint16(code))))
+	p.closed = true
+	p.fault = fault
+	p.drained.Broadcast()
+	p.conn.SetWriteDeadline(time.Now().Add(closeTimeout))
+	p.conn.SetReadDeadline(time.Now()) // not I/O: it wakes p's read loop, if it waits
+}
+
+// drop cuts p off: what waits for it is discarded, a write in progress fails at once, and
+// its read loop wakes to remove it. reason is p's fault, unless p was closing already. No
+// close frame: p may not be reading. drop reports whether p was not dropped already.
+func (s *Server) drop(p *Peer, reason error) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.dropped {
+		return false
+	}
+	if !p.closed {
+		p.fault = reason
+	}
+	p.closed = true
+	p.dropped = true
+	p.drained.Broadcast()
+	s.account(p, -size(p.queue)) // what is being written leaves the count when the write fails
+	p.queue = nil
+	p.conn.SetDeadline(time.Now()) // not I/O: it fails a write in progress, and wakes the read
+	return true
+}
+
+// evict drops the peer with the most waiting if what waits for all peers, and need more,
+// would pass the bound, and reports whether it dropped one. Evictions take turns under s.mu,
+// so that several senders over the bound at once drop one peer, not one each.
+func (s *Server) evict(need int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.queued.Load()+need <= int64(s.opts.MaxQueuedBytes) {
+		return false
+	}
+	var most *Peer
+	for _, room := range s.rooms {
+		for _, p := range room {
+			if most == nil || p.queued.Load() > most.queued.Load() {
+				most = p
+			}
+		}
+	}
+	return most != nil && s.drop(most, errors.New("the most waiting, past the bound for all"))
+}
+
+// account adds n to the bytes waiting for p, and for all peers.
+func (s *Server) account(p *Peer, n int64) {
+	p.queued.Add(n)
+	s.queued.Add(n)
+}
+
+// finish waits for p's writer to write what is left and closes p's connection. If the server
+// sent a close frame first (readToClose) it reads to the client's, for at most closeTimeout:
+// unread bytes at close would reset the connection, and the client could lose the frame.
+func (s *Server) finish(p *Peer, readToClose bool) {
+	p.writer.Wait() // p is closed: no writer starts after this
+	defer p.conn.Close()
+	p.mu.Lock()
+	dropped := p.dropped
+	p.mu.Unlock()
+	if !readToClose || dropped {
+		return
+	}
+	p.conn.SetReadDeadline(time.Now().Add(closeTimeout))
+	for {
+		if op, _, err := readFrame(p.in, s.opts.MaxMessageBytes); err != nil || op == opClose {
+			return
+		}
+	}
+}
+
+// ping is the pinger, from New to Close: every PingInterval it pings each peer, and drops
+// those it has heard nothing from for two intervals.
 func (s *Server) ping() {
 	defer s.wg.Done()
 	ticker := time.NewTicker(s.opts.PingInterval) // collected when unused: no Stop needed
@@ -402,40 +698,21 @@ func (s *Server) ping() {
 			for _, p := range s.peers() {
 				if int64(now.Sub(epoch))-p.lastSeen.Load() > int64(2*s.opts.PingInterval) {
 					s.drop(p, errors.New("nothing received for two ping intervals"))
-				} else {
-					s.send(p, nil)
-					runtime.Gosched() // let its writer end: 10,000 at once would each hold a stack
+					continue
 				}
+				s.send(p, frame(opPing, nil))
+				runtime.Gosched() // let its writer end: 10,000 at once would each hold a stack
 			}
 		}
 	}
 }
 
-// drop ends p's traffic: its read loop removes it, its writer empties its queue. It returns
-// the first reason.
-func (s *Server) drop(p *Peer, reason error) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.dropped == nil {
-		p.dropped = reason
-		s.queued.Add(-p.queued.Swap(0)) // the writer frees it soon; dropLargest passes p over
-		p.conn.SetDeadline(time.Now())  // not I/O: it wakes the blocked read, and the writer
-	}
-	return p.dropped
-}
-
-// dropLargest drops the peer with the most waiting, to keep what waits for all under the bound.
-func (s *Server) dropLargest() {
-	waiting := func(a, b *Peer) int { return cmp.Compare(a.queued.Load(), b.queued.Load()) }
-	if ps := s.peers(); len(ps) > 0 {
-		s.drop(slices.MaxFunc(ps, waiting), errors.New("the most waiting, past the bound for all"))
-	}
-}
-
-// Run listens on Options.Addr, calls ready (if not nil) with the port, and serves until Close.
+// Run listens on Options.Addr, calls ready (if not nil) with the port, and serves until
+// Close. If it cannot listen, it closes s and returns the error.
 func (s *Server) Run(ready func(port string)) error {
 	ln, err := net.Listen("tcp", cmp.Or(s.opts.Addr, ":"+s.opts.Port))
 	if err != nil {
+		s.Close() // the pinger
 		return err
 	}
 	hs := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeader}
@@ -449,75 +726,42 @@ func (s *Server) Run(ready func(port string)) error {
 	return s.Close() // waits for the Close in progress
 }
 
-// Close closes every peer with a close frame, and returns when the goroutines of every peer
-// that joined, and the pinger's, have ended.
+// Close sends every peer a close frame (1001, going away) and returns when the connection of
+// every peer that joined is closed, and the pinger has ended.
 func (s *Server) Close() error {
 	s.cancel() // no join after it; those before are in peers
 	for _, p := range s.peers() {
-		s.drop(p, context.Canceled)
+		s.close(p, closeGoingAway, nil, nil)
 	}
 	s.wg.Wait()
 	return nil
 }
 
-type frame struct {
-	data   []byte
-	binary bool
-}
-
-var errReservedOpcode = errors.New("reserved WebSocket opcode")
 var epoch = time.Now() // for lastSeen: time.Since(epoch) is monotonic, unlike the wall clock
 
-// codec receives a frame, a message with its kind, which x/net's Message codec hides.
-var codec = websocket.Codec{Unmarshal: func(data []byte, opcode byte, v any) error {
-	if opcode != websocket.TextFrame && opcode != websocket.BinaryFrame {
-		return errReservedOpcode // x/net would pass it on as binary
+// frame is a server frame (final, unmasked) of opcode op holding payload, as two buffers, the
+// header and the payload, so that one payload serves every peer it is sent to.
+func frame(op byte, payload []byte) net.Buffers {
+	n := len(payload)
+	head := []byte{finBit | op, byte(n)}
+	switch {
+	case n >= 1<<16:
+		head = binary.BigEndian.AppendUint64(append(head[:1], 127), uint64(n))
+	case n >= 126:
+		head = binary.BigEndian.AppendUint16(append(head[:1], 126), uint16(n))
 	}
-	*v.(*frame) = frame{data, opcode == websocket.BinaryFrame}
-	return nil
-}}
+	return net.Buffers{head, payload}
+}
 
-// header is the header of a text frame holding msg, or of a ping (x/net has no call) if nil.
-func header(msg []byte) []byte {
-	switch n := len(msg); {
-	case msg == nil:
-		return []byte{0x89, 0}
-	case n < 126:
-		return []byte{0x81, byte(n)}
-	case n < 1<<16:
-		return []byte{0x81, 126, byte(n >> 8), byte(n)}
-	default: // n < 4 GiB
-		return []byte{0x81, 127, 0, 0, 0, 0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
+// text is a text frame holding message.
+func text[M string | []byte](message M) net.Buffers { return frame(opText, []byte(message)) }
+
+// size is the number of bytes in buffers.
+func size(buffers net.Buffers) (n int64) {
+	for _, b := range buffers {
+		n += int64(len(b))
 	}
-}
-
-// liveConn hijacks p's connection for x/net. A read stores the time in p.lastSeen: x/net
-// hides pongs, yet they show life. A write (x/net's: the handshake, pongs) sets a deadline
-// for itself, so that no deadline set for an earlier write can fail it.
-type liveConn struct {
-	http.ResponseWriter
-	p       *Peer
-	r       io.Reader
-	timeout time.Duration
-}
-
-func (c *liveConn) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	conn, rw, err := http.NewResponseController(c.ResponseWriter).Hijack()
-	if err == nil { // small buffers: net/http's 4 KiB reader is below ours
-		c.p.raw, c.r = conn, rw.Reader
-		rw.Reader, rw.Writer = bufio.NewReaderSize(c, 64), bufio.NewWriterSize(c, 256)
-	}
-	return conn, rw, err
-}
-
-func (c *liveConn) Read(b []byte) (int, error) {
-	defer func() { c.p.lastSeen.Store(int64(time.Since(epoch))) }() // as the read returns
-	return c.r.Read(b)
-}
-
-func (c *liveConn) Write(b []byte) (int, error) {
-	c.p.raw.SetWriteDeadline(time.Now().Add(c.timeout))
-	return c.p.raw.Write(b)
+	return n
 }
 
 // relayed builds {"type":T,"peerId":FROM,"signal":S}; json.Marshal would re-escape S.
@@ -563,8 +807,9 @@ func peerIDs(peers []*Peer, except *Peer) []string {
 }
 
 func main() {
+	flag.CommandLine.Init("peero", flag.ExitOnError) // not the path where go run builds it
 	addr := flag.String("addr", "", "`host:port` to listen on (default every interface, at -port)")
-	port := flag.String("port", cmp.Or(os.Getenv("PORT"), "8080"), "TCP port (default $PORT, 8080)")
+	port := flag.String("port", cmp.Or(os.Getenv("PORT"), "8080"), "TCP port; $PORT if set")
 	ping := flag.Duration("ping", 20*time.Second, "ping interval; a peer silent for two is dropped")
 	origins := flag.String("origin", "", "comma-separated browser origins allowed (default any)")
 	maxPeers := flag.Int("max-peers", 10000, "most peers at once, over all rooms")
@@ -587,9 +832,17 @@ func main() {
 		Remove:     func(p *Peer) { slog.Info("leave", "peer", p.ID, "room", p.Room) },
 		Error:      func(err error, p *Peer) { slog.Warn("drop", "peer", p.ID, "err", err) },
 	}
-	stop, _ := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	context.AfterFunc(stop, func() { slog.Info("closing", "peers", len(srv.peers())); srv.Close() })
-	err := srv.Run(func(port string) { slog.Info("peero listening", "port", port, "addr", *addr) })
+	signals, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	context.AfterFunc(signals, func() {
+		stop() // a second Ctrl-C ends the process at once
+		slog.Info("closing", "peers", len(srv.peers()))
+		srv.Close()
+	})
+	err := srv.Run(func(port string) {
+		host, _, _ := net.SplitHostPort(*addr)
+		url := "ws://" + cmp.Or(host, "localhost") + ":" + port + "/ROOM"
+		slog.Info("peero listening", "port", port, "url", url)
+	})
 	if errors.Is(err, syscall.EADDRINUSE) {
 		err = fmt.Errorf("%w; pick another port with -port, or an address with -addr", err)
 	}
