@@ -76,6 +76,56 @@ func TestCaddyServesClient(t *testing.T) {
 	}
 }
 
+// TestCaddyWebSocketOnAnyPath: the Caddyfile tells a WebSocket handshake by
+// its headers, whatever their case, not by its path: one to / or /peero.js
+// joins that room, while a plain GET of them gets the file. One over HTTP/1.0
+// is refused with 400, as Peero refuses it.
+func TestCaddyWebSocketOnAnyPath(t *testing.T) {
+	site := caddySite(t)
+	in := startInstance(t)
+	startCaddy(t, site, in.addr)
+	cases := []struct {
+		proto, path, connection, upgrade string
+		want                             int
+	}{
+		{"HTTP/1.1", "/", "Upgrade", "websocket", http.StatusSwitchingProtocols},
+		{"HTTP/1.1", "/", "keep-alive, upgrade", "WebSocket", http.StatusSwitchingProtocols},
+		{"HTTP/1.1", "/peero.js", "Upgrade", "websocket", http.StatusSwitchingProtocols},
+		{"HTTP/1.1", "/index.html", "upgrade", "websocket", http.StatusSwitchingProtocols},
+		{"HTTP/1.0", "/", "Upgrade", "websocket", http.StatusBadRequest},
+		{"HTTP/1.0", "/room", "upgrade", "WEBSOCKET", http.StatusBadRequest},
+	}
+	for _, c := range cases {
+		req := fmt.Sprintf("GET %s %s\r\nHost: %s\r\nConnection: %s\r\nUpgrade: %s\r\n"+
+			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+			c.path, c.proto, site.addr, c.connection, c.upgrade)
+		if got := handshakeStatus(t, site, req); got != c.want {
+			t.Errorf("%s %s, Connection: %s, Upgrade: %s: HTTP %d; want %d", c.proto, c.path, c.connection, c.upgrade, got, c.want)
+		}
+	}
+}
+
+// handshakeStatus sends req, a WebSocket handshake, to site over TLS and
+// returns the status of the response.
+func handshakeStatus(t *testing.T, site caddySiteInfo, req string) int {
+	t.Helper()
+	dialer := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 3 * time.Second}, Config: trusting(t, site.rootCA(), "localhost")}
+	c, err := dialer.Dial("tcp", site.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("reading the response to %q: %v", req, err)
+	}
+	return resp.StatusCode
+}
+
 // caddySiteInfo is where a test's Caddy serves, and where it keeps its state.
 type caddySiteInfo struct {
 	addr  string // the https site, localhost:PORT
