@@ -1,18 +1,44 @@
 #!/usr/bin/env bash
-# Compares Peero builds or settings side by side in the relay scenario (50
-# pairs, 1 KB offers), for quick experiments: each round runs every variant
-# once, in turn, each on a fresh server pinned to core 0 with the load on
-# core 1, and the summary gives each variant's median and range.
-# Run bench/run.sh -smoke (or the full run) first: it builds .bin/.
+# Compares Peero builds or settings side by side in one scenario of the
+# benchmark: each round runs every variant once, in turn, each on a fresh
+# server pinned to core 0 with the load on core 1, and the summary gives each
+# variant's median and range of every figure.
 #
-#   bench/ab.sh WINDOW ROUNDS VARIANT...
+#   bench/ab.sh SCENARIO ROUNDS VARIANT...
 #
+# SCENARIO is one of
+#   relay:W      the relay (50 pairs, 1 KB offers), W messages in flight a pair; a bare W means the same
+#   openloop:R   the open-loop relay, R messages/s offered over the 50 pairs (openloop alone: 15000)
+#   flood        300 readers in one room, one peer broadcasts 64 KiB offers as fast as it can for 10 s,
+#                a probe pings from another room (bench/RESULTS.md defines each figure)
+#   stalled      290 peers of a room never read, 10 broadcast a 4 KiB offer each every 10 ms for 10 s
 # A VARIANT is a Peero binary, optionally preceded by environment settings
 # for it and an @: .bin/peero  GOGC=200@.bin/peero  GOGC=400,GODEBUG=x=1@.bin/old
+# BENCH_FLAGS passes flags on to the load generator, e.g. BENCH_FLAGS="-flood-for 5s -flood-readers 100".
+#
+# Example: two builds of main.go, 3 rounds of the flood, interleaved:
+#   (cd /tmp/old && go build -o $OLDPWD/bench/.bin/peero-old .)   # a directory with main.go, go.mod, go.sum
+#   go build -o bench/.bin/peero-new .
+#   bench/ab.sh flood 3 .bin/peero-old .bin/peero-new
+# Binary paths are relative to bench/. A round takes about 15 s a variant for
+# flood and stalled, 8 s for relay and openloop.
 set -euo pipefail
 cd "$(dirname "$0")"
-window=$1 rounds=$2
+export PATH="$PATH:/usr/local/go/bin"
+scenario=$1 rounds=$2
 shift 2
+case $scenario in
+[0-9]*) scenario=relay:$scenario ;;
+openloop) scenario=openloop:15000 ;;
+esac
+case $scenario in
+relay:*) args=(-attach-window "${scenario#relay:}") pattern='relay window' ;;
+openloop:*) args=(-attach-scenario openloop -openloop-rate "${scenario#openloop:}") pattern='openloop:' ;;
+flood | stalled) args=(-attach-scenario "$scenario") pattern="$scenario:" ;;
+*) echo "ab.sh: unknown scenario $scenario; want relay:W, openloop:R, flood or stalled" >&2; exit 2 ;;
+esac
+read -ra extra <<<"${BENCH_FLAGS:-}"
+go build -o .bin/bench . # the load generator of this checkout, whatever built .bin before
 ulimit -n "$(ulimit -Hn)"
 log=$(mktemp)
 for round in $(seq "$rounds"); do
@@ -26,23 +52,31 @@ for round in $(seq "$rounds"); do
       port=$(grep -o 'listening port=[0-9]*' "$srvlog" | head -1 | cut -d= -f2) && [ -n "$port" ] && break
       sleep 0.1
     done
-    line=$(taskset -c 1 .bin/bench -attach "127.0.0.1:$port" -attach-pid "$pid" -attach-window "$window" -rounds 1 2>&1 | grep 'relay window')
+    out=$(taskset -c 1 .bin/bench -attach "127.0.0.1:$port" -attach-pid "$pid" "${args[@]}" "${extra[@]}" -rounds 1 2>&1) || true
+    line=$(grep -m1 "$pattern" <<<"$out") || line="failed: $(tail -1 <<<"$out")"
     kill "$pid"; wait "$pid" || true
     rm -f "$srvlog"
     echo "round $round  $v  ${line#* }" | tee -a "$log"
   done
 done
-echo "== medians (min–max) of $rounds rounds, $window in flight a pair"
+echo "== $scenario: medians (min–max) of $rounds rounds"
 python3 - "$log" <<'PY'
 import re, statistics, sys
-rows = {}
+rows = {}  # variant -> figure -> values, in the order first seen
 for line in open(sys.argv[1]):
     v = line.split()[2]
+    figures = rows.setdefault(v, {})
     m = re.search(r'([\d.]+) msg/s\s+p50 ([\d.]+)\s+p99 ([\d.]+) ms\s+server CPU (\d+)%\s+([\d.]+) µs/msg', line)
-    rows.setdefault(v, []).append([float(x) for x in m.groups()])
-for v, rs in rows.items():
-    cols = list(zip(*rs))
-    f = lambda i, fmt: (fmt % statistics.median(cols[i])) + " (" + (fmt % min(cols[i])) + "–" + (fmt % max(cols[i])) + ")"
-    print(f"{v}: {f(0, '%.0f')} msg/s  p50 {f(1, '%.2f')} ms  p99 {f(2, '%.2f')} ms  CPU {f(4, '%.1f')} µs/msg")
+    if m:  # the relay's line
+        pairs = zip(["msg/s", "p50_ms", "p99_ms", "server_cpu_pct", "us_per_msg"], m.groups())
+    else:  # name=value pairs
+        pairs = re.findall(r'(\S+)=(-?[\d.]+)(?=\s|$)', line)
+    for name, value in pairs:
+        figures.setdefault(name, []).append(float(value))
+for v, figures in rows.items():
+    print(v)
+    for name, vs in figures.items():
+        fmt = "%.0f" if all(x == int(x) for x in vs) else "%.2f"
+        print(f"  {name:18} {fmt % statistics.median(vs)} ({fmt % min(vs)}–{fmt % max(vs)})  n={len(vs)}")
 PY
 rm -f "$log"

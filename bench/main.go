@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"math"
 	"os"
 	"runtime/trace"
 	"slices"
@@ -37,6 +38,16 @@ type config struct {
 	churnCycles      int
 	churnRooms       int
 	capacityPeers    int
+	floodReaders     int // read a flood of broadcasts
+	floodSize        int // bytes of a flood offer
+	floodFor         time.Duration
+	stalledPeers     int // never read
+	stalledActive    int // broadcast to the stalled room and read
+	stalledSize      int // bytes of an active peer's offer
+	stalledEvery     time.Duration
+	stalledFor       time.Duration
+	openLoopRate     float64 // messages/s offered; 0: openLoopShare of PeerJS's lockstep rate in this run
+	openLoopFrom     string  // where openLoopRate came from, for the report
 	serverCPU        string
 	out, chart, only string
 	peeroVersion     string // of ../main.go, for the report
@@ -45,19 +56,28 @@ type config struct {
 func main() {
 	c := config{pairs: 50, size: 1024, windows: []int{1, 4, 16, 64}, warmup: time.Second, measure: 4 * time.Second,
 		idlePeers: []int{1000, 5000, 10000}, idleSettle: 5 * time.Second, idlePing: 3 * time.Second, stormPeers: 1000, roomStormPeers: 4000, roomStormBatch: 200, fanoutPeers: 1000, fanoutTimes: 10,
-		churnCycles: 50000, churnRooms: 500, capacityPeers: 19000}
+		churnCycles: 50000, churnRooms: 500, capacityPeers: 19000,
+		floodSize: 64 << 10, stalledSize: 4096}
 	smoke := flag.Bool("smoke", false, "tiny counts, one round: checks that every scenario still runs")
 	flag.IntVar(&c.rounds, "rounds", 3, "rounds of every scenario")
 	flag.StringVar(&c.serverCPU, "server-cpu", "0", "the core servers are pinned to (run.sh pins this program to another)")
 	flag.StringVar(&c.out, "out", "RESULTS.md", "where to write the results")
 	flag.StringVar(&c.chart, "chart", "relay-latency.svg", "where to write the latency chart")
-	flag.StringVar(&c.only, "only", "relay,idle,storm,roomstorm,fanout,churn,capacity", "scenarios to run")
+	flag.StringVar(&c.only, "only", "relay,openloop,idle,storm,roomstorm,fanout,churn,capacity,flood,stalled", "scenarios to run")
+	flag.IntVar(&c.floodReaders, "flood-readers", 300, "peers that read the flood")
+	flag.DurationVar(&c.floodFor, "flood-for", 10*time.Second, "how long the flood lasts")
+	flag.IntVar(&c.stalledPeers, "stalled-peers", 290, "peers of the stalled room that never read")
+	flag.IntVar(&c.stalledActive, "stalled-active", 10, "peers of the stalled room that broadcast offers and read")
+	flag.DurationVar(&c.stalledEvery, "stalled-every", 10*time.Millisecond, "how often each active peer of the stalled room broadcasts")
+	flag.DurationVar(&c.stalledFor, "stalled-for", 10*time.Second, "how long the active peers of the stalled room broadcast")
+	flag.Float64Var(&c.openLoopRate, "openloop-rate", 0, "messages/s offered in the open-loop relay (default: 40% of PeerJS's lockstep rate, measured in the run)")
 	attach := flag.String("attach", "", "with -attach-pid: run only the relay load, -rounds times, against the Peero server at this address (for profiling)")
 	attachPID := flag.Int("attach-pid", 0, "the pid of the server of -attach")
 	attachWindow := flag.Int("attach-window", 1, "messages in flight per pair, with -attach")
 	attachIdle := flag.Int("attach-idle", 0, "with -attach: instead of the relay load, hold this many idle peers (rooms of two) for -attach-hold")
 	attachTrace := flag.String("attach-trace", "", "with -attach: write a 2 s execution trace of this load generator to this file")
 	attachTraceAt := flag.Duration("attach-trace-at", 3*time.Second, "when -attach-trace starts, after the start")
+	attachScenario := flag.String("attach-scenario", "", "with -attach: instead of the relay load, run flood, stalled, or openloop (needs -openloop-rate), -rounds times")
 	attachRoomStorm := flag.Int("attach-room-storm", 0, "with -attach: instead of the relay load, run the room storm with this many peers, 200 at a time, -rounds times")
 	attachHold := flag.Duration("attach-hold", 30*time.Second, "how long -attach-idle holds its peers")
 	flag.StringVar(&c.peeroVersion, "peero-version", "", "the commit of the Peero build, for the report (run.sh passes it)")
@@ -67,6 +87,31 @@ func main() {
 	if *probeAddr != "" {
 		if err := runProbe(*probeAddr); err != nil {
 			log.Fatal(err)
+		}
+		return
+	}
+	if *attach != "" && *attachScenario != "" {
+		s := &server{kind: peero, addr: *attach, proc: *attachPID}
+		if *attachScenario == "openloop" && c.openLoopRate <= 0 {
+			log.Fatal("-attach-scenario openloop needs -openloop-rate")
+		}
+		for range c.rounds {
+			var res fmt.Stringer
+			var err error
+			switch *attachScenario {
+			case "flood":
+				res, err = flood(s, c.floodReaders, c.floodSize, c.floodFor)
+			case "stalled":
+				res, err = stalledRoom(s, c.stalledPeers, c.stalledActive, c.stalledSize, c.stalledEvery, c.stalledFor)
+			case "openloop":
+				res, err = openLoop(s, c.pairs, c.size, c.openLoopRate, c.warmup, c.measure)
+			default:
+				log.Fatalf("-attach-scenario %q: want flood, stalled or openloop", *attachScenario)
+			}
+			if err != nil {
+				log.Fatal(err)
+			}
+			log.Printf("%s: %v", *attachScenario, res) // bench/ab.sh reads this line
 		}
 		return
 	}
@@ -109,10 +154,16 @@ func main() {
 	if *smoke {
 		c = config{rounds: 1, pairs: 2, size: 1024, windows: []int{1, 16}, warmup: 200 * time.Millisecond, measure: 500 * time.Millisecond,
 			idlePeers: []int{50}, idleSettle: 200 * time.Millisecond, idlePing: time.Second, stormPeers: 20, roomStormPeers: 40, roomStormBatch: 10, fanoutPeers: 20, fanoutTimes: 2,
-			churnCycles: 200, churnRooms: 10, capacityPeers: 100, serverCPU: c.serverCPU, out: c.out, chart: c.chart, only: c.only, peeroVersion: c.peeroVersion}
+			churnCycles: 200, churnRooms: 10, capacityPeers: 100,
+			floodReaders: 10, floodSize: 64 << 10, floodFor: time.Second,
+			stalledPeers: 20, stalledActive: 3, stalledSize: 4096, stalledEvery: 10 * time.Millisecond, stalledFor: time.Second, openLoopRate: c.openLoopRate,
+			serverCPU: c.serverCPU, out: c.out, chart: c.chart, only: c.only, peeroVersion: c.peeroVersion}
 		if peeroHasFlag("max-room-peers") { // a room limit below the storm, so that refusals run too
 			c.roomStormArgs = []string{"-max-room-peers", "25"}
 		}
+	}
+	if c.openLoopRate > 0 {
+		c.openLoopFrom = "set with -openloop-rate"
 	}
 	r := newResults()
 	started, loadBefore := time.Now(), loadAverage()
@@ -131,6 +182,24 @@ func main() {
 						return err
 					})
 				}
+			}
+		}
+		if c.runs("openloop") {
+			if c.openLoopRate <= 0 {
+				if err := c.pickOpenLoopRate(r); err != nil {
+					log.Fatal(err)
+				}
+				log.Printf("open-loop relay: %.0f msg/s offered, %s", c.openLoopRate, c.openLoopFrom)
+			}
+			for _, k := range []kind{peero, peerjs, echo} {
+				withServer(k, c, func(s *server) error {
+					res, err := openLoop(s, c.pairs, c.size, c.openLoopRate, c.warmup, c.measure)
+					if err == nil {
+						r.addOpenLoop(k, res)
+						log.Printf("openloop %-10s %v", k, res)
+					}
+					return err
+				})
 			}
 		}
 		if c.runs("idle") {
@@ -212,6 +281,26 @@ func main() {
 				return err
 			}, "-max-peers", fmt.Sprint(c.capacityPeers+100))
 		}
+		if c.runs("flood") {
+			withServer(peero, c, func(s *server) error {
+				res, err := flood(s, c.floodReaders, c.floodSize, c.floodFor)
+				if err == nil {
+					r.addFlood(res)
+					log.Printf("flood: %v", res)
+				}
+				return err
+			})
+		}
+		if c.runs("stalled") {
+			withServer(peero, c, func(s *server) error {
+				res, err := stalledRoom(s, c.stalledPeers, c.stalledActive, c.stalledSize, c.stalledEvery, c.stalledFor)
+				if err == nil {
+					r.addStalled(res)
+					log.Printf("stalled: %v", res)
+				}
+				return err
+			})
+		}
 	}
 	if err := r.write(c, time.Since(started), loadBefore); err != nil {
 		log.Fatal(err)
@@ -219,6 +308,31 @@ func main() {
 	if len(failures) > 0 {
 		log.Fatalf("%d runs failed:\n%s", len(failures), strings.Join(failures, "\n"))
 	}
+}
+
+// openLoopShare is the open-loop relay's offered rate as a share of
+// PeerJS's lockstep rate (the relay with one message in flight a pair).
+const openLoopShare = 0.4
+
+// pickOpenLoopRate sets the open-loop relay's rate: openLoopShare of PeerJS's
+// lockstep messages/s in this run's relay, measured now if the relay did not run.
+func (c *config) pickOpenLoopRate(r *results) error {
+	lockstep := median(r.values[key("relay-1", peerjs, "msg/s")])
+	from := "this run's relay"
+	if math.IsNaN(lockstep) {
+		from = "a lockstep relay run for it"
+		withServer(peerjs, *c, func(s *server) error {
+			res, err := relay(s, c.pairs, 1, c.size, c.warmup, c.measure)
+			lockstep = res.MsgsPerSec
+			return err
+		})
+	}
+	if !(lockstep > 0) {
+		return fmt.Errorf("open-loop relay: no lockstep rate of PeerJS to start from; set -openloop-rate")
+	}
+	c.openLoopRate = openLoopShare * lockstep
+	c.openLoopFrom = fmt.Sprintf("%.0f%% of PeerJS's lockstep rate (%.0f msg/s in %s)", 100*openLoopShare, lockstep, from)
+	return nil
 }
 
 func (c config) runs(scenario string) bool {

@@ -39,6 +39,78 @@ func (r *results) addRelay(k kind, window int, res relayResult) {
 	r.add(s, k, "gen", 100*res.LoadgenCPU)
 }
 
+func (r *results) addOpenLoop(k kind, res openLoopResult) {
+	r.add("openloop", k, "rate", res.Rate)
+	r.add("openloop", k, "p50", res.P50)
+	r.add("openloop", k, "p99", res.P99)
+	r.add("openloop", k, "p99.9", res.P999)
+	r.add("openloop", k, "us/msg", res.CPUPerMsgMicros)
+	r.add("openloop", k, "lost", float64(res.Lost))
+	r.add("openloop", k, "lag", res.SendLagP99)
+	r.addUsage("openloop", k, res.usage)
+}
+
+func (r *results) addUsage(scenario string, k kind, u usage) {
+	r.add(scenario, k, "cpu", 100*u.ServerCPU)
+	r.add(scenario, k, "gen", 100*u.LoadgenCPU)
+	r.add(scenario, k, "others", 100*u.ServerOthers)
+	r.add(scenario, k, "gen others", 100*u.LoadgenOthers)
+}
+
+func (r *results) addFlood(res floodResult) {
+	r.add("flood", peero, "GB", res.RelayedGB)
+	r.add("flood", peero, "dropped", float64(res.ReadersDropped))
+	if res.FirstDrop >= 0 {
+		r.add("flood", peero, "first drop", res.FirstDrop)
+	}
+	r.add("flood", peero, "sent", float64(res.Sent))
+	r.add("flood", peero, "flooder dropped", float64(b2i(res.FlooderDropped)))
+	r.add("flood", peero, "rss", res.RSSRiseMiB)
+	r.add("flood", peero, "p50", res.ProbeP50)
+	r.add("flood", peero, "p99", res.ProbeP99)
+	r.add("flood", peero, "max", res.ProbeMax)
+	r.add("flood", peero, "pings", float64(res.Probes))
+	r.addUsage("flood", peero, res.usage)
+}
+
+func (r *results) addStalled(res stalledResult) {
+	r.add("stalled", peero, "p50", res.P50)
+	r.add("stalled", peero, "p99", res.P99)
+	r.add("stalled", peero, "max", res.Max)
+	r.add("stalled", peero, "sent", float64(res.Sent))
+	r.add("stalled", peero, "lost", float64(res.Lost))
+	r.add("stalled", peero, "gone", float64(res.StalledGone))
+	if res.FirstGone >= 0 {
+		r.add("stalled", peero, "first gone", res.FirstGone)
+		r.add("stalled", peero, "last gone", res.LastGone)
+	}
+	r.add("stalled", peero, "active dropped", float64(res.ActiveDropped))
+	r.add("stalled", peero, "rss", res.RSSRiseMiB)
+	r.add("stalled", peero, "lag", res.SendLagMax)
+	r.addUsage("stalled", peero, res.usage)
+}
+
+// othersText says what the others figures are.
+const othersText = "Others is the share of a core that other programs used meanwhile (the core's busy time in /proc/stat less the server's, or the load generator's, own): on a shared machine, high figures mean a disturbed run."
+
+// usage formats a scenario's usage figures as a row of a two-column table.
+func (r *results) usage(scenario string) string {
+	return fmt.Sprintf("CPU, as a share of one core | server %s %%, others on its core %s %%; load generator %s %%, others on its core %s %%",
+		r.cell(scenario, peero, "cpu", "%.0f"), r.cell(scenario, peero, "others", "%.0f"), r.cell(scenario, peero, "gen", "%.0f"), r.cell(scenario, peero, "gen others", "%.0f"))
+}
+
+// count says in how many rounds a 0-or-1 figure was 1.
+func (r *results) count(scenario string, k kind, metric string) string {
+	v := r.values[key(scenario, k, metric)]
+	n := 0
+	for _, x := range v {
+		if x != 0 {
+			n++
+		}
+	}
+	return fmt.Sprintf("in %d of %d rounds", n, len(v))
+}
+
 func median(v []float64) float64 {
 	s := slices.Sorted(slices.Values(v))
 	if len(s) == 0 {
@@ -119,6 +191,28 @@ func (r *results) write(c config, took time.Duration, loadBefore string) error {
 			return err
 		}
 	}
+	if _, ok := r.values[key("openloop", peero, "p50")]; ok {
+		p("## Open-loop relay")
+		p("")
+		p("The relay's %d pairs and %d-byte offers, at a fixed offered rate instead of a fixed number in flight: %.0f messages/s over all pairs, %s. Every client sends to its partner on a schedule of its own, the schedules interleaved so that one message is due every 1/%.0f s; each message carries its scheduled send time, and its latency runs from that time to its arrival, so that a sender held up counts against the server instead of sending less (no coordinated omission). Against the x/net echo server the first of each pair sends at twice the rate and the server sends each message back to it: the server relays as many messages. Only messages scheduled in the %s after a %s warm-up count; lost are those that had not arrived %s after the last was sent. Server CPU µs/message is its CPU time over the messages that arrived in the measuring period. Sender lag p99 is how late the load generator sent messages after their scheduled time: part of every latency, and the generator's own doing unless the server stopped reading. %s",
+			c.pairs, c.size, c.openLoopRate, c.openLoopFrom, c.openLoopRate, c.measure, c.warmup, openLoopWait, othersText)
+		p("")
+		p("| server | p50 ms | p99 ms | p99.9 ms | server CPU %% | CPU µs/message | lost | sender lag p99 ms | load generator CPU %% | others on the cores %%: server's, load generator's |")
+		p("|---|---|---|---|---|---|---|---|---|---|")
+		for _, k := range []kind{peero, peerjs, echo} {
+			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s; %s |", k, r.cell("openloop", k, "p50", "%.2f"), r.cell("openloop", k, "p99", "%.2f"), r.cell("openloop", k, "p99.9", "%.2f"),
+				r.cell("openloop", k, "cpu", "%.0f"), r.cell("openloop", k, "us/msg", "%.1f"), r.cell("openloop", k, "lost", "%.0f"), r.cell("openloop", k, "lag", "%.2f"), r.cell("openloop", k, "gen", "%.0f"),
+				r.cell("openloop", k, "others", "%.0f"), r.cell("openloop", k, "gen others", "%.0f"))
+		}
+		p("")
+		p("| ratio | p50 | p99 | p99.9 | CPU µs/message |")
+		p("|---|---|---|---|---|")
+		for _, k := range []kind{peerjs, echo} {
+			p("| %s/Peero | %s | %s | %s | %s |", k, r.ratio("openloop", "p50", k, peero), r.ratio("openloop", "p99", k, peero),
+				r.ratio("openloop", "p99.9", k, peero), r.ratio("openloop", "us/msg", k, peero))
+		}
+		p("")
+	}
 	if _, ok := r.values[key("idle", peero, fmt.Sprint(c.idlePeers[0]))]; ok {
 		p("## Idle peers")
 		p("")
@@ -168,6 +262,43 @@ func (r *results) write(c config, took time.Duration, loadBefore string) error {
 			p("| capacity, round %d: %d peers held at once, each pings | %d held, %d answered; RSS %d MiB (%.1f KiB a peer) |",
 				i+1, c.capacityPeers, cp.Held, cp.Answered, cp.RSSKB/1024, float64(cp.RSSKB)/float64(max(cp.Held, 1)))
 		}
+		p("")
+	}
+	_, flood := r.values[key("flood", peero, "GB")]
+	_, stalled := r.values[key("stalled", peero, "p50")]
+	if flood || stalled {
+		p("## Peero overloaded")
+		p("")
+		p("Rooms where some peers cannot keep up, against Peero alone (PeerJS has no rooms). Server RSS rise is the server's peak RSS during the scenario (its VmHWM, reset just before with `/proc/PID/clear_refs`) minus its RSS before. A peer counts as dropped when its connection ends before the scenario does: a close frame, EOF or a reset. %s", othersText)
+		p("")
+	}
+	if flood {
+		p("**Flood.** %d peers join one room and read all they are sent as fast as they can; one more peer broadcasts offers of %d bytes to the room (type offer, no peerId) for %s, each as soon as its write of the one before returns. Meanwhile a probe in another room pings the server (`{\"type\":\"ping\"}`, waiting for the pong, every 10 ms; a late pong delays the next ping, so a stall counts once). Relayed is the message bytes the readers received during the flood; the scenario ends %s after the flood, so that a reader the server dropped late in the flood still reads to its close frame. The first drop is when the first dropped reader saw its connection end, after the flood began. A flooding peer the server stops reading sends fewer offers instead of having readers dropped.",
+			c.floodReaders, c.floodSize, c.floodFor, floodDrain)
+		p("")
+		p("| flood | Peero |")
+		p("|---|---|")
+		p("| relayed to the readers | %s GB |", r.cell("flood", peero, "GB", "%.2f"))
+		p("| readers dropped | %s of %d; the first after %s s |", r.cell("flood", peero, "dropped", "%.0f"), c.floodReaders, r.cell("flood", peero, "first drop", "%.2f"))
+		p("| the flooding peer | sent %s offers; dropped %s |", r.cell("flood", peero, "sent", "%.0f"), r.count("flood", peero, "flooder dropped"))
+		p("| server RSS rise | %s MiB |", r.cell("flood", peero, "rss", "%.0f"))
+		p("| probe round trip | p50 %s ms, p99 %s ms, max %s ms (%s pings) |", r.cell("flood", peero, "p50", "%.2f"), r.cell("flood", peero, "p99", "%.1f"), r.cell("flood", peero, "max", "%.1f"), r.cell("flood", peero, "pings", "%.0f"))
+		p("| %s |", r.usage("flood"))
+		p("")
+	}
+	if stalled {
+		p("**Stalled room.** %d peers join one room and never read after their greeting (they keep the system's socket buffer sizes, like a client that stopped reading); %d more join it, read all they are sent, and each broadcasts an offer of %d bytes every %s for %s, open loop: each offer at its scheduled time, which it carries, however late the one before went out. Latency is from that scheduled time to the offer's arrival at each of the other active peers, over the whole run, the stalled peers' drops included; lost are arrivals missing %s after the last offer. A stalled peer never reads, so only the server can tell that it dropped one: it is counted as dropped when the active peers are told it left (remove), and the times are from the first offer to the first and the last of those. Sender lag max is the latest an active peer sent an offer after its scheduled time.",
+			c.stalledPeers, c.stalledActive, c.stalledSize, c.stalledEvery, c.stalledFor, stalledWait)
+		p("")
+		p("| stalled room | Peero |")
+		p("|---|---|")
+		p("| active peers' offer latency | p50 %s ms, p99 %s ms, max %s ms |", r.cell("stalled", peero, "p50", "%.2f"), r.cell("stalled", peero, "p99", "%.1f"), r.cell("stalled", peero, "max", "%.0f"))
+		p("| offers | %s sent; %s arrivals lost; sender lag max %s ms |", r.cell("stalled", peero, "sent", "%.0f"), r.cell("stalled", peero, "lost", "%.0f"), r.cell("stalled", peero, "lag", "%.1f"))
+		p("| stalled peers dropped | %s of %d; the first after %s s, the last after %s s |", r.cell("stalled", peero, "gone", "%.0f"), c.stalledPeers,
+			r.cell("stalled", peero, "first gone", "%.2f"), r.cell("stalled", peero, "last gone", "%.2f"))
+		p("| active peers dropped | %s of %d |", r.cell("stalled", peero, "active dropped", "%.0f"), c.stalledActive)
+		p("| server RSS rise | %s MiB |", r.cell("stalled", peero, "rss", "%.0f"))
+		p("| %s |", r.usage("stalled"))
 		p("")
 	}
 	return os.WriteFile(c.out, []byte(b.String()), 0o644)

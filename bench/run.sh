@@ -2,10 +2,12 @@
 # Measures Peero side by side with PeerJS server, an x/net echo server (the relay
 # ceiling) and a minimal x/net server (the idle-memory floor).
 #
-#   bench/run.sh            the full run: about 10 minutes; writes bench/RESULTS.md and bench/relay-latency.svg
+#   bench/run.sh            the full run: about 12 minutes; writes bench/RESULTS.md and bench/relay-latency.svg
 #   bench/run.sh -smoke     a few seconds of each scenario, to check that the benchmark still works
 #
-# Other flags go to the load generator (bench/main.go): -rounds N, -only relay,idle,...
+# Other flags go to the load generator (bench/main.go): -rounds N, -only relay,openloop,idle,storm,
+# roomstorm,fanout,churn,capacity,flood,stalled (any of them), -openloop-rate N, -out FILE, -peero BINARY.
+# bench/ab.sh compares several Peero builds side by side in one scenario.
 set -euo pipefail
 cd "$(dirname "$0")"
 export PATH="$PATH:/usr/local/go/bin"

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -107,6 +108,39 @@ func cpuSeconds(pid int) float64 {
 	utime, _ := strconv.ParseFloat(f[11], 64)
 	stime, _ := strconv.ParseFloat(f[12], 64)
 	return (utime + stime) / 100 // USER_HZ
+}
+
+// pinnedCore returns the one core a process may run on (taskset), or -1
+// if it may run on several.
+func pinnedCore(pid int) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
+			if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+				return n
+			}
+		}
+	}
+	return -1
+}
+
+// coreBusy returns the time core n has spent busy (user, nice, system, irq,
+// softirq and steal in /proc/stat), in seconds; NaN if n is not a core.
+func coreBusy(n int) float64 {
+	b, _ := os.ReadFile("/proc/stat")
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 9 || f[0] != fmt.Sprint("cpu", n) {
+			continue
+		}
+		var busy float64
+		for _, i := range []int{1, 2, 3, 6, 7, 8} {
+			v, _ := strconv.ParseFloat(f[i], 64)
+			busy += v
+		}
+		return busy / 100 // USER_HZ
+	}
+	return math.NaN()
 }
 
 // memKB returns a field of /proc/PID/status in KiB: VmRSS now, VmHWM the peak.

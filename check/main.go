@@ -2,9 +2,14 @@
 // client, checks each rule of the protocol, and says which hold.
 //
 //	go run ./check [flags] ws://HOST:PORT
+//	go run ./check [flags] wss://HOST[:PORT]
 //
 // Point it at your copy of main.go, at a port to another language, or at a
-// deployment behind a proxy (wss:// works too). It prints one line per check,
+// deployment behind a proxy. For wss:// it checks the server's certificate
+// against the system's certificate authorities, or against those in the PEM
+// file given with -ca (a private or test CA, a self-signed certificate), and
+// stops at once, with exit status 2, if the TLS handshake fails. It prints one
+// line per check,
 // named after the rule it checks,
 //
 //	PASS relay-exact
@@ -35,6 +40,9 @@ package main
 import (
 	"cmp"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -58,12 +66,11 @@ func main() {
 
 // config is what the checks know about the server under check.
 type config struct {
-	addr     string // host:port to dial
-	host     string // the Host header
-	hostname string // for TLS
-	tls      bool   // wss://
-	base     string // the URL's path, without its final "/": rooms go under it
-	prefix   string // this run's room prefix, "/peero-check-…"
+	addr   string      // host:port to dial
+	host   string      // the Host header
+	tls    *tls.Config // for wss://; nil for ws://
+	base   string      // the URL's path, without its final "/": rooms go under it
+	prefix string      // this run's room prefix, "/peero-check-…"
 
 	timeout      time.Duration // how long to wait for each reply
 	writeTimeout time.Duration
@@ -88,7 +95,7 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: go run ./check [flags] ws://HOST:PORT\n\nChecks a Peero server against protocol.md. Give the flags you gave the server;\nchecks that need a setting not given are skipped.\n\nflags:")
+		fmt.Fprintln(stderr, "usage: go run ./check [flags] ws://HOST:PORT | wss://HOST[:PORT]\n\nChecks a Peero server against protocol.md. Give the flags you gave the server;\nchecks that need a setting not given are skipped.\n\nflags:")
 		fs.PrintDefaults()
 	}
 	cfg := &config{given: map[string]bool{}}
@@ -105,6 +112,7 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 	fs.DurationVar(&cfg.turnTTL, "turn-ttl", 0, "the server's -turn-ttl (if not given, a credential's expiry need only be in the future)")
 	only := fs.String("run", "", "run only the checks whose names match this regular expression")
 	skip := fs.String("skip", "", "skip the checks whose names match this regular expression (reported as SKIP)")
+	caFile := fs.String("ca", "", "for wss://: trust the certificate authorities in this PEM `file` instead of the system's")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -125,7 +133,11 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 		fs.Usage()
 		return 2
 	}
-	if err := cfg.target(fs.Arg(0)); err != nil {
+	if err := cfg.target(fs.Arg(0), *caFile); err != nil {
+		fmt.Fprintln(stderr, "check:", err)
+		return 2
+	}
+	if err := cfg.handshakeTLS(); err != nil {
 		fmt.Fprintln(stderr, "check:", err)
 		return 2
 	}
@@ -180,19 +192,60 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 	return 0
 }
 
-// target sets where to connect from the URL ws://HOST:PORT/PATH.
-func (cfg *config) target(raw string) error {
+// target sets where to connect from the URL ws://HOST:PORT/PATH or
+// wss://HOST:PORT/PATH. For wss://, caFile names a PEM file of the
+// certificate authorities to trust; "" trusts the system's.
+func (cfg *config) target(raw, caFile string) error {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" || u.RawQuery != "" {
 		return fmt.Errorf("%q: want ws://HOST:PORT or wss://HOST[:PORT], with an optional path under which rooms go", raw)
 	}
-	cfg.tls, cfg.host, cfg.hostname = u.Scheme == "wss", u.Host, u.Hostname()
-	cfg.addr = u.Host
-	if u.Port() == "" {
-		cfg.addr = net.JoinHostPort(u.Hostname(), map[bool]string{false: "80", true: "443"}[cfg.tls])
-	}
+	cfg.host, cfg.addr = u.Host, u.Host
 	cfg.base = strings.TrimSuffix(u.EscapedPath(), "/")
+	if u.Scheme == "ws" {
+		if caFile != "" {
+			return fmt.Errorf("-ca is for wss:// URLs; %q is ws://", raw)
+		}
+		if u.Port() == "" {
+			cfg.addr = net.JoinHostPort(u.Hostname(), "80")
+		}
+		return nil
+	}
+	if u.Port() == "" {
+		cfg.addr = net.JoinHostPort(u.Hostname(), "443")
+	}
+	cfg.tls = &tls.Config{ServerName: u.Hostname()}
+	if caFile == "" {
+		return nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return fmt.Errorf("-ca: %v", err)
+	}
+	cfg.tls.RootCAs = x509.NewCertPool()
+	if !cfg.tls.RootCAs.AppendCertsFromPEM(pem) {
+		return fmt.Errorf("-ca %s: no PEM certificate in it", caFile)
+	}
 	return nil
+}
+
+// handshakeTLS makes one TLS connection to a wss:// server, so that a
+// certificate the checker cannot verify stops the run with one clear error
+// rather than failing every check. For ws:// it does nothing.
+func (cfg *config) handshakeTLS() error {
+	if cfg.tls == nil {
+		return nil
+	}
+	dialer := &tls.Dialer{NetDialer: &net.Dialer{Timeout: cfg.timeout}, Config: cfg.tls}
+	nc, err := dialer.Dial("tcp", cfg.addr)
+	if err != nil {
+		var unknown x509.UnknownAuthorityError
+		if errors.As(err, &unknown) {
+			return fmt.Errorf("TLS to %s: %v (for a private or test CA, or a self-signed certificate, give its PEM file with -ca)", cfg.addr, err)
+		}
+		return fmt.Errorf("TLS to %s: %v", cfg.addr, err)
+	}
+	return nc.Close()
 }
 
 // oneLine joins failures into one line, the first few in full.

@@ -76,8 +76,8 @@ func (t *T) dial(path string, o dialOptions) (*conn, *http.Response, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if cfg.tls {
-		nc = tls.Client(nc, &tls.Config{ServerName: cfg.hostname})
+	if cfg.tls != nil {
+		nc = tls.Client(nc, cfg.tls)
 	}
 	t.track(nc)
 	var keyBytes [16]byte
@@ -132,7 +132,7 @@ func (t *T) dial(path string, o dialOptions) (*conn, *http.Response, error) {
 		}
 	}
 	if o.noRead {
-		if tc, ok := nc.(*net.TCPConn); ok {
+		if tc := tcpConn(nc); tc != nil {
 			tc.SetReadBuffer(4096)
 		}
 		return c, resp, nil
@@ -310,12 +310,25 @@ func (c *conn) close() {
 	c.nc.Close()
 }
 
-// reset ends the connection abruptly: a TCP RST, no close frame.
+// reset ends the connection abruptly: a TCP RST, no close frame (and over
+// TLS, no close_notify either).
 func (c *conn) reset() {
-	if tc, ok := c.nc.(*net.TCPConn); ok {
+	if tc := tcpConn(c.nc); tc != nil {
 		tc.SetLinger(0)
+		tc.Close()
+		return
 	}
 	c.nc.Close()
+}
+
+// tcpConn returns the TCP connection under nc, which may be a TLS
+// connection, or nil if there is none.
+func tcpConn(nc net.Conn) *net.TCPConn {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	tc, _ := nc.(*net.TCPConn)
+	return tc
 }
 
 // msg is a message from the server, parsed strictly: field names are matched

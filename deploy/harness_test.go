@@ -1,7 +1,10 @@
-// Package deploy tests deploy/nginx.conf: three real Peero instances behind a
-// real nginx, on loopback. Run it with `cd deploy && go test ./...`; it needs
-// nginx (apt-get install nginx) and starts its own, with its own prefix,
-// config, logs and pid file under the test's temporary directory.
+// Package deploy tests the configurations in deploy/: nginx.conf, with three
+// real Peero instances behind a real nginx; nginx-tls.conf, the same over TLS
+// with a self-signed certificate; and the Caddyfile, with Caddy's own local
+// CA; all on loopback. Run it with `cd deploy && go test ./...`; it needs nginx
+// and Caddy (apt-get install nginx caddy) and starts its own, with their
+// configuration, logs, certificates and pid files under the test's temporary
+// directory.
 package deploy
 
 import (
@@ -27,12 +30,15 @@ import (
 const nginxBin = "/usr/sbin/nginx"
 
 var (
-	peeroBin   string // built by TestMain
-	skipReason string // why the tests cannot run here; they skip with it
+	peeroBin        string // built by TestMain
+	skipReason      string // why the tests cannot run here; they skip with it
+	caddyBin        string // Caddy, found by TestMain in $PATH
+	caddySkipReason string // why the Caddy tests cannot run here
 )
 
-// TestMain builds the real peero once. Without nginx the tests skip, saying
-// why, or fail when PEERO_DEPLOY_REQUIRE is set (as in CI, which installs it).
+// TestMain builds the real peero once. Without nginx the tests skip, and
+// without Caddy the Caddy tests skip, saying why; or the run fails when
+// PEERO_DEPLOY_REQUIRE is set (as in CI, which installs both).
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "peero-deploy-")
 	if err != nil {
@@ -50,6 +56,14 @@ func TestMain(m *testing.M) {
 	if _, err := os.Stat(nginxBin); err != nil {
 		skipReason = fmt.Sprintf("no nginx at %s (apt-get install nginx): %v", nginxBin, err)
 		fmt.Fprintln(os.Stderr, "deploy: NOT RUN:", skipReason)
+		if os.Getenv("PEERO_DEPLOY_REQUIRE") != "" {
+			os.Exit(1)
+		}
+	}
+	caddyBin, err = exec.LookPath("caddy")
+	if err != nil {
+		caddySkipReason = fmt.Sprintf("no caddy in $PATH (apt-get install caddy): %v", err)
+		fmt.Fprintln(os.Stderr, "deploy: Caddy tests NOT RUN:", caddySkipReason)
 		if os.Getenv("PEERO_DEPLOY_REQUIRE") != "" {
 			os.Exit(1)
 		}
@@ -145,34 +159,41 @@ type proxyTimeouts struct{ connect, read time.Duration }
 // test ends.
 func startNginx(t *testing.T, upstreams []string, timeouts proxyTimeouts) string {
 	t.Helper()
-	shipped, err := os.ReadFile("nginx.conf")
+	addr := freeAddr(t)
+	runNginx(t, "nginx.conf", addr, upstreams, timeouts, edit{`listen 8080;`, "listen " + addr + ";"})
+	return addr
+}
+
+// edit is a change a test makes to a shipped configuration file: every match
+// of the regular expression pattern is replaced.
+type edit struct{ pattern, replacement string }
+
+// runNginx runs nginx with the shipped configuration file, with the changes
+// every test makes (upstream servers, timeouts, paths under the test's
+// directory) and the edits given, which must make it listen on addr. It
+// returns when nginx accepts connections on addr; nginx gets SIGTERM when
+// the test ends.
+func runNginx(t *testing.T, file, addr string, upstreams []string, timeouts proxyTimeouts, edits ...edit) {
+	t.Helper()
+	shipped, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	addr := freeAddr(t)
 	servers := ""
 	for _, u := range upstreams {
 		servers += "        server " + u + ";\n"
 	}
 	ms := func(d time.Duration) string { return fmt.Sprint(d.Milliseconds(), "ms") }
-	conf := string(shipped)
-	for _, r := range []struct{ pattern, replacement string }{
+	conf := editConfig(t, file, string(shipped), append([]edit{
 		{`(?m)^        server 127\.0\.0\.1:808[123];\n`, ""},
 		{`hash \$uri consistent;\n`, "hash $$uri consistent;\n" + servers},
-		{`listen 8080;`, "listen " + addr + ";"},
 		{`proxy_connect_timeout 2s;`, "proxy_connect_timeout " + ms(timeouts.connect) + ";"},
 		{`proxy_read_timeout 50s;`, "proxy_read_timeout " + ms(timeouts.read) + ";"},
 		{`proxy_send_timeout 50s;`, "proxy_send_timeout " + ms(timeouts.read) + ";"},
 		{`access_log /var/log/nginx/peero\.log peero;`, "access_log " + dir + "/access.log peero;"},
 		{`http \{\n`, "http {\n" + tempPaths(dir)},
-	} {
-		re := regexp.MustCompile(r.pattern)
-		if !re.MatchString(conf) {
-			t.Fatalf("deploy/nginx.conf has no %q any more: update this test", r.pattern)
-		}
-		conf = re.ReplaceAllString(conf, r.replacement)
-	}
+	}, edits...))
 	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +224,7 @@ func startNginx(t *testing.T, upstreams []string, timeouts proxyTimeouts) string
 	for { // nginx says nothing when it is ready: try its port
 		if c, err := net.Dial("tcp", addr); err == nil {
 			c.Close()
-			return addr
+			return
 		}
 		select {
 		case err := <-exited:
@@ -214,6 +235,21 @@ func startNginx(t *testing.T, upstreams []string, timeouts proxyTimeouts) string
 			t.Fatalf("nginx not listening on %s after 5 s\n%s", addr, out.String())
 		}
 	}
+}
+
+// editConfig applies edits to conf, the text of the shipped file named file.
+// An edit whose pattern is not found fails the test: the file has changed
+// under it.
+func editConfig(t *testing.T, file, conf string, edits []edit) string {
+	t.Helper()
+	for _, e := range edits {
+		re := regexp.MustCompile(e.pattern)
+		if !re.MatchString(conf) {
+			t.Fatalf("deploy/%s has no %q any more: update this test", file, e.pattern)
+		}
+		conf = re.ReplaceAllString(conf, e.replacement)
+	}
+	return conf
 }
 
 // tempPaths keeps nginx's temporary files under dir, away from the system's.
