@@ -17,6 +17,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha1"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
@@ -32,6 +33,7 @@ import (
 	"os/signal"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -104,6 +106,11 @@ type Options struct {
 	TURN       []string
 	TURNSecret string
 	TURNTTL    time.Duration
+	// Secret signs the resume token in every peers message: a peer that comes back to its
+	// room with it before ResumeTTL (default 24h) has passed gets its id back. Default: a
+	// random one, which works until the process ends; give every instance the same.
+	Secret    string
+	ResumeTTL time.Duration
 }
 
 // Events lets a program watch the server, like the Node.js Peero's events. Any hook may be
@@ -113,7 +120,9 @@ type Options struct {
 // its peer dropped as silent: hand slow work to a goroutine of your own. Hooks must not call
 // Close.
 type Events struct {
-	// Connection is called when p has joined its room and its peers list is queued.
+	// Connection is called when p has joined its room and its peers list is queued. If p
+	// resumed the id of a peer the server still held, p took that peer's place: the room is
+	// not told, Announce is not called, and the old peer gets Remove when it has gone.
 	Connection func(p *Peer)
 	// Message is called with every message from p, bad ones included, before it is handled.
 	Message func(p *Peer, message []byte)
@@ -129,13 +138,14 @@ type Events struct {
 	// frame it does not accept, too much waiting, or silence for two ping intervals. Remove
 	// follows.
 	Error func(err error, p *Peer)
-	// Remove is called once, after p left its room and the others were told.
+	// Remove is called once, after p left its room and the others were told (unless p was
+	// replaced: see Connection).
 	Remove func(p *Peer)
 }
 
 // Peer is one connected client.
 type Peer struct {
-	ID   string // assigned by the server: 128 random bits as text, never reused
+	ID   string // assigned by the server: 128 random bits as text, or resumed with a token
 	Room string // the URL path the peer connected to
 
 	conn     net.Conn      // written only by p's writer; closed by finish
@@ -179,6 +189,8 @@ func New(opts Options) *Server {
 	opts.PingInterval = cmp.Or(opts.PingInterval, 20*time.Second)
 	opts.WriteTimeout = cmp.Or(opts.WriteTimeout, 10*time.Second)
 	opts.TURNTTL = cmp.Or(opts.TURNTTL, 24*time.Hour)
+	opts.Secret = cmp.Or(opts.Secret, rand.Text())
+	opts.ResumeTTL = cmp.Or(opts.ResumeTTL, 24*time.Hour)
 	s := &Server{opts: opts, rooms: make(map[string][]*Peer)}
 	s.stop, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(1)
@@ -203,7 +215,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case origin != "" && len(s.opts.Origins) > 0 && !slices.Contains(s.opts.Origins, origin):
 		http.Error(w, "peero: origin not allowed", http.StatusForbidden)
 	default:
-		p := &Peer{ID: rand.Text(), Room: r.URL.Path}
+		p := &Peer{ID: s.resume(r.URL.Path, r.URL.Query().Get("resume")), Room: r.URL.Path}
 		p.lastSeen.Store(int64(time.Since(epoch)))
 		p.drained.L = &p.mu
 		// x/net does the handshake; then Peero reads and writes frames itself (readFrame).
@@ -247,11 +259,14 @@ func (keepOpen) Close() error { return nil }
 // stack that the request, the handshake and the hooks grew; an idle peer costs only the new
 // goroutine's, which stays small (bench/RESULTS.md: 0.65 times what x/net's floor costs).
 func (s *Server) start(p *Peer) {
-	others, refused := s.join(p)
+	others, replaced, refused := s.join(p)
 	if refused != nil {
 		s.close(p, refused.code, errorMessage(refused.text), nil)
 		s.finish(p, true)
 		return
+	}
+	if replaced != nil {
+		s.close(replaced, closeNormal, errorMessage("replaced: this id connected again"), nil)
 	}
 	if s.Events.Connection != nil {
 		s.Events.Connection(p)
@@ -259,9 +274,11 @@ func (s *Server) start(p *Peer) {
 	if s.Events.Peers != nil {
 		s.Events.Peers(p, peerIDs(others, nil))
 	}
-	s.sendAll(others, nil, text(`{"type":"announce","peerId":"`+p.ID+`"}`)) // ids: no escaping
-	if s.Events.Announce != nil {
-		s.Events.Announce(p)
+	if replaced == nil { // else p's id never left the room
+		s.sendAll(others, nil, text(`{"type":"announce","peerId":"`+p.ID+`"}`)) // no escaping
+		if s.Events.Announce != nil {
+			s.Events.Announce(p)
+		}
 	}
 	go s.serve(p)
 }
@@ -462,18 +479,24 @@ func jsonString(fields map[string]json.RawMessage, key string, required bool) (s
 	return s, nil
 }
 
-// join adds p to its room and queues its peers list, which names the peers it returns.
-func (s *Server) join(p *Peer) ([]*Peer, *closeError) {
+// join adds p to its room and queues its peers list, which names the others it returns. If
+// p resumed the id of a peer still in the room, p takes its place: join returns that peer.
+func (s *Server) join(p *Peer) (others []*Peer, replaced *Peer, refused *closeError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	others := s.rooms[p.Room]
+	others = s.rooms[p.Room]
+	i := slices.IndexFunc(others, func(o *Peer) bool { return o.ID == p.ID })
 	switch {
 	case s.stop.Err() != nil:
-		return nil, &closeError{closeGoingAway, "server closing"}
+		return nil, nil, &closeError{closeGoingAway, "server closing"}
+	case i >= 0: // most likely, its connection has died and the server has not noticed yet
+		replaced = others[i]
+		others = slices.Delete(slices.Clone(others), i, i+1)
+		s.count--
 	case s.count >= s.opts.MaxPeers:
-		return nil, &closeError{closeTryAgainLater, "server full"}
+		return nil, nil, &closeError{closeTryAgainLater, "server full"}
 	case len(others) >= s.opts.MaxRoomPeers:
-		return nil, &closeError{closeTryAgainLater, "room full"}
+		return nil, nil, &closeError{closeTryAgainLater, "room full"}
 	}
 	s.rooms[p.Room] = append(slices.Clip(others), p) // Clip: append must copy, not change others
 	s.count++
@@ -481,14 +504,19 @@ func (s *Server) join(p *Peer) ([]*Peer, *closeError) {
 	p.mu.Lock() // queued before s.mu is released: nothing can come before p's peers list
 	s.queue(p, text(s.peersMessage(p, peerIDs(others, nil))))
 	p.mu.Unlock()
-	return others, nil
+	return others, replaced, nil
 }
 
-// leave removes p from its room and returns the peers left there.
+// leave removes p from its room, unless a peer that resumed its id took its place, and
+// returns the peers left there to tell.
 func (s *Server) leave(p *Peer) []*Peer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	others := slices.DeleteFunc(slices.Clone(s.rooms[p.Room]), func(o *Peer) bool { return o == p })
+	i := slices.Index(s.rooms[p.Room], p)
+	if i < 0 { // replaced: for the room, p's id never left
+		return nil
+	}
+	others := slices.Delete(slices.Clone(s.rooms[p.Room]), i, i+1)
 	s.rooms[p.Room] = others
 	if len(others) == 0 {
 		delete(s.rooms, p.Room)
@@ -770,10 +798,14 @@ func relayed(typ, from string, signal []byte) []byte {
 	return append(append(append(msg, `","signal":`...), signal...), '}')
 }
 
-// peersMessage lists ids for p, with a fresh TURN credential if configured.
+// peersMessage lists ids for p, with a fresh resume token, and a fresh TURN credential if
+// configured.
 func (s *Server) peersMessage(p *Peer, ids []string) []byte {
 	list, _ := json.Marshal(ids) // cannot fail for strings, nor below
+	expiry := strconv.FormatInt(time.Now().Add(s.opts.ResumeTTL).Unix(), 10)
+	token := p.ID + "." + expiry + "." + s.sign(p.ID+"."+expiry, p.Room)
 	msg := `{"type":"peers","id":"` + p.ID + `","peers":` + string(list)
+	msg += `,"resume":"` + token + `"` // ids, digits and base64url: nothing to escape
 	if len(s.opts.TURN) > 0 { // an RTCIceServer, for new RTCPeerConnection({iceServers})
 		user := fmt.Sprint(time.Now().Add(s.opts.TURNTTL).Unix(), ":", p.ID)
 		urls, _ := json.Marshal(s.opts.TURN)
@@ -781,6 +813,27 @@ func (s *Server) peersMessage(p *Peer, ids []string) []byte {
 			`","credential":"` + turnCredential(s.opts.TURNSecret, user) + `"}]`
 	}
 	return []byte(msg + "}")
+}
+
+// resume returns the id that token, from a peers message of room, gives back: "ID.EXPIRY.MAC",
+// with MAC the signature of "ID.EXPIRY" in room. A token that is not valid, has expired or is
+// from another room gives a new id, as no token does.
+func (s *Server) resume(room, token string) string {
+	id, rest, _ := strings.Cut(token, ".")
+	expiry, mac, _ := strings.Cut(rest, ".")
+	unix, err := strconv.ParseInt(expiry, 10, 64)
+	valid := hmac.Equal([]byte(mac), []byte(s.sign(id+"."+expiry, room)))
+	if err != nil || !valid || time.Now().Unix() >= unix {
+		return rand.Text()
+	}
+	return id
+}
+
+// sign is the signature of a resume token's id and expiry, in room: base64url(HMAC-SHA256).
+func (s *Server) sign(idExpiry, room string) string {
+	mac := hmac.New(sha256.New, []byte(s.opts.Secret))
+	mac.Write([]byte(idExpiry + "\n" + room))
+	return base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
 }
 
 // turnCredential is username's password in coturn's use-auth-secret: base64(HMAC-SHA1).
@@ -817,8 +870,9 @@ func main() {
 	maxQueued := flag.Int("max-queued-mib", 256, "MiB waiting to be sent, over all peers")
 	turn := flag.String("turn", "", "comma-separated TURN URLs for peers, with $PEERO_TURN_SECRET")
 	turnTTL := flag.Duration("turn-ttl", 24*time.Hour, "how long a TURN credential works")
+	resumeTTL := flag.Duration("resume-ttl", 24*time.Hour, "how long a resume token works")
 	flag.Parse()
-	secret := os.Getenv("PEERO_TURN_SECRET") // not a flag: flags show in ps
+	secret := os.Getenv("PEERO_TURN_SECRET")
 	if (*turn == "") != (secret == "") {
 		fmt.Fprintln(os.Stderr, "peero: -turn needs $PEERO_TURN_SECRET, and the other way round")
 		os.Exit(2)
@@ -826,7 +880,8 @@ func main() {
 	list := func(s string) []string { return strings.Fields(strings.ReplaceAll(s, ",", " ")) }
 	srv := New(Options{Addr: *addr, Port: *port, PingInterval: *ping, Origins: list(*origins),
 		MaxPeers: *maxPeers, MaxRoomPeers: *maxRoom, MaxQueuedBytes: *maxQueued << 20,
-		TURN: list(*turn), TURNSecret: secret, TURNTTL: *turnTTL})
+		TURN: list(*turn), TURNSecret: secret, TURNTTL: *turnTTL,
+		Secret: os.Getenv("PEERO_SECRET"), ResumeTTL: *resumeTTL}) // not flags: they show in ps
 	srv.Events = Events{
 		Connection: func(p *Peer) { slog.Info("join", "peer", p.ID, "room", p.Room) },
 		Remove:     func(p *Peer) { slog.Info("leave", "peer", p.ID, "room", p.Room) },
