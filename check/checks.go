@@ -1,16 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"cmp"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha1"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -45,10 +48,12 @@ var checks = []check{
 	{name: "frame-limit-accepted", run: frameLimitAccepted},
 	{name: "frame-too-large-closes", run: frameTooLarge},
 	{name: "reserved-opcode-closes", run: reservedOpcode},
+	{name: "frame-invalid-closes", run: frameInvalid},
 	// Server to client
 	{name: "peers-first-message", run: peersFirstMessage},
 	{name: "peers-lists-others", run: peersListsOthers},
 	{name: "peers-request", run: peersRequest},
+	{name: "resume-token", run: resumeToken},
 	{name: "id-format", run: idFormat},
 	{name: "turn-credential", run: turnCredential},
 	{name: "turn-unconfigured", run: turnUnconfigured},
@@ -89,6 +94,13 @@ var checks = []check{
 	{name: "liveness-silent-dropped", run: livenessSilentDropped},
 	{name: "liveness-traffic-keeps-alive", run: livenessTrafficKeepsAlive},
 	{name: "slow-peer-dropped", run: slowPeerDropped},
+	// Resuming
+	{name: "resume-same-id", run: resumeSameID},
+	{name: "resume-replaces", run: resumeReplaces},
+	{name: "resume-invalid-fresh-id", run: resumeInvalid},
+	{name: "resume-expires", run: resumeExpires},
+	// Closing
+	{name: "close-reply", run: closeReply},
 	// What every other check saw
 	{name: "envelope-text-json-object", phase: summary, run: envelopeTextJSONObject},
 	{name: "id-unique", phase: summary, run: idUnique},
@@ -471,10 +483,23 @@ func (t *T) refused(room, want string) *conn {
 	if m, err := c.next(); err != nil || !m.is("error", "") || m.str("error") != want {
 		t.Fatalf("%s connected to %s: first message %s; want error %s", c.name, t.path(room), got(m, err), show(want))
 	}
-	if !c.waitEnd(t.cfg.timeout) || !c.gotClose {
-		t.Errorf("%s got error %s; then %v; want a close frame", c.name, show(want), c.endedOrOpen())
-	}
+	c.closedWith(1013, fmt.Sprintf("%s got error %s", c.name, show(want)))
 	return c
+}
+
+// closedWith checks that c's connection ended with a close frame of status, and that
+// nothing came after it. after says what led to it, for the failure.
+func (c *conn) closedWith(status int, after string) {
+	if !c.waitEnd(c.t.cfg.timeout) || !c.gotClose {
+		c.t.Errorf("after %s: %v; want a close frame with status %d", after, c.endedOrOpen(), status)
+		return
+	}
+	if len(c.closeMsg) < 2 || int(binary.BigEndian.Uint16(c.closeMsg)) != status {
+		c.t.Errorf("after %s: a close frame with %q; want status %d", after, c.closeMsg, status)
+	}
+	if len(c.afterClose) > 0 {
+		c.t.Errorf("after %s: frames of opcodes %v after the close frame; want none", after, c.afterClose)
+	}
 }
 
 func (c *conn) endedOrOpen() error {
@@ -630,8 +655,8 @@ func frameTooLarge(t *T) {
 			if !b.isEnded() {
 				t.Fatalf("after %s: %v; want error %s (optional), then the connection closed", what, err, show(want))
 			}
-			if b.gotClose && (len(b.closeMsg) < 2 || b.closeMsg[0] != 0x03 || b.closeMsg[1] != 0xe8) {
-				t.Errorf("after %s: a close frame with %q; want status 1000", what, b.closeMsg)
+			if b.gotClose { // else a reset: the server need not read the rest of the frame
+				b.closedWith(1009, what)
 			}
 			break
 		}
@@ -651,9 +676,42 @@ func reservedOpcode(t *T) {
 		c.writeFrame(true, op, []byte(ping))
 		what := sent(c, op, ping)
 		c.expectError(what, "reserved WebSocket opcode; closing")
-		if !c.waitEnd(t.cfg.timeout) || !c.gotClose {
-			t.Errorf("after %s and its error: %v; want a close frame", what, c.endedOrOpen())
+		c.closedWith(1002, what+" and its error")
+		a.expect("remove", c.id, what)
+	}
+}
+
+func frameInvalid(t *T) {
+	a := t.join("/r")
+	ping := []byte(`{"type":"ping"}`)
+	for _, tt := range []struct {
+		what, want string
+		write      func(c *conn) error
+	}{
+		{"an unmasked text frame", "unmasked frame; closing", func(c *conn) error {
+			c.wmu.Lock()
+			defer c.wmu.Unlock()
+			_, err := c.nc.Write(append([]byte{0x80 | opText, byte(len(ping))}, ping...))
+			return err
+		}},
+		{"a text frame with RSV1 set", "reserved bits set, with no extension; closing", func(c *conn) error {
+			return c.writeFrame(true, 0x40|opText, ping)
+		}},
+		{"a ping frame with FIN clear", "control frame fragmented or too long; closing", func(c *conn) error {
+			return c.writeFrame(false, opPing, []byte("x"))
+		}},
+		{"a ping frame of 126 bytes", "control frame fragmented or too long; closing", func(c *conn) error {
+			return c.writeFrame(true, opPing, bytes.Repeat([]byte("x"), 126))
+		}},
+	} {
+		c := t.join("/r")
+		a.expect("announce", c.id, c.name+" joined")
+		if err := tt.write(c); err != nil {
+			t.Fatalf("%s sent %s: %v", c.name, tt.what, err)
 		}
+		what := c.name + " sent " + tt.what
+		c.expectError(what, tt.want)
+		c.closedWith(1002, what+" and its error")
 		a.expect("remove", c.id, what)
 	}
 }
@@ -786,9 +844,95 @@ func turnUnconfigured(t *T) {
 	a := t.join("/r")
 	a.send(`{"type":"peers"}`)
 	for _, m := range []msg{a.peer, a.expect("peers", "", `A sent {"type":"peers"}`)} {
-		if keys := slices.Sorted(slices.Values(m.keys)); !slices.Equal(keys, []string{"id", "peers", "type"}) {
-			t.Errorf("a server without TURN sent %s; want exactly the fields type, id and peers", m)
+		if keys := slices.Sorted(slices.Values(m.keys)); !slices.Equal(keys, []string{"id", "peers", "resume", "type"}) {
+			t.Errorf("a server without TURN sent %s; want exactly the fields type, id, peers and resume", m)
 		}
+	}
+}
+
+func resumeToken(t *T) {
+	a := t.join("/r")
+	a.send(`{"type":"peers"}`)
+	reply := a.expect("peers", "", `A sent {"type":"peers"}`)
+	for _, m := range []msg{a.peer, reply} {
+		var token string
+		if json.Unmarshal(m.fields["resume"], &token) != nil || token == "" || url.QueryEscape(token) != token {
+			t.Errorf("A got %s; want a field resume, a string that is not empty and needs no URL escaping", m)
+		}
+	}
+}
+
+// resume connects to room with token, as ?resume=, and reads its peers message.
+func (t *T) resume(room, token string) *conn {
+	c, err := t.connect(room, dialOptions{resume: token})
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	return c
+}
+
+// Resuming
+
+func resumeSameID(t *T) {
+	a, b := t.pair("/r")
+	token := b.peer.str("resume")
+	b.close()
+	a.expect("remove", b.id, "B closed")
+	c := t.resume("/r", token)
+	what := c.name + " connected to " + t.path("/r") + " with B's resume token"
+	if c.id != b.id || !slices.Equal(c.peerIDs(), []string{a.id}) {
+		t.Fatalf("%s: got %s; want B's id, and peers [A]", what, c.peer)
+	}
+	a.expect("announce", b.id, what)
+	a.marker(c, what) // the id works: messages to it reach the new connection
+}
+
+func resumeReplaces(t *T) {
+	a, b := t.pair("/r")
+	c := t.resume("/r", b.peer.str("resume"))
+	what := c.name + " connected with B's resume token while B was connected"
+	if c.id != b.id || !slices.Equal(c.peerIDs(), []string{a.id}) {
+		t.Fatalf("%s: got %s; want B's id, and peers [A]", what, c.peer)
+	}
+	b.expectError(what, "replaced: this id connected again")
+	b.closedWith(1000, what)
+	a.sync(what + " (no remove, no announce)")
+	a.marker(c, what)
+}
+
+func resumeInvalid(t *T) {
+	a := t.join("/r")
+	token := a.peer.str("resume")
+	if token == "" {
+		t.Fatalf("A got %s; want a resume token to change", a.peer)
+	}
+	changed := []byte(token)
+	changed[len(changed)-1] ^= 1 // a letter or digit of the signature, in another case or value
+	for _, tt := range []struct{ room, token, what string }{
+		{"/r", string(changed), "A's resume token with its last character changed"},
+		{"/other", token, "A's resume token, in another room"},
+		{"/r", "nonsense", "a token that is not one"},
+	} {
+		c := t.resume(tt.room, tt.token)
+		if c.id == a.id {
+			t.Errorf("%s connected to %s with %s: got A's id; want a new one", c.name, t.path(tt.room), tt.what)
+		}
+	}
+}
+
+func resumeExpires(t *T) {
+	t.needs("resume-ttl")
+	a := t.join("/r")
+	token := a.peer.str("resume")
+	if c := t.resume("/r", token); c.id != a.id { // else expiring proves nothing
+		t.Fatalf("%s connected with A's resume token at once: got %s; want A's id", c.name, c.peer)
+	}
+	if t.cfg.resumeTTL > budget/2 && !t.cfg.slow {
+		t.Skipf("-resume-ttl %v: waiting for a token to expire takes longer than %v; use -slow", t.cfg.resumeTTL, budget)
+	}
+	time.Sleep(t.cfg.resumeTTL + time.Second) // the expiry is in whole seconds
+	if c := t.resume("/r", token); c.id == a.id {
+		t.Errorf("%s connected with A's resume token %v after it was given: got A's id; want a new one", c.name, t.cfg.resumeTTL+time.Second)
 	}
 }
 
@@ -945,6 +1089,13 @@ func removeOnClose(t *T) {
 	b.close()
 	a.expect("remove", b.id, "B sent a close frame")
 	a.sync("B left")
+}
+
+func closeReply(t *T) {
+	a, b := t.pair("/r")
+	b.writeFrame(true, opClose, []byte{0x03, 0xe8})
+	b.closedWith(1000, "B sent a close frame with status 1000")
+	a.expect("remove", b.id, "B sent a close frame")
 }
 
 func removeOnReset(t *T) {

@@ -83,6 +83,7 @@ type config struct {
 	turnURLs     []string
 	turnSecret   string
 	turnTTL      time.Duration
+	resumeTTL    time.Duration
 	given        map[string]bool // the settings given: flag names, and "turn-secret" if $PEERO_TURN_SECRET is set
 }
 
@@ -110,6 +111,7 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 	turn := fs.String("turn", "", "the server's -turn URLs; -turn= for no TURN")
 	fs.StringVar(&cfg.turnSecret, "turn-secret", "", "the server's TURN secret (default $PEERO_TURN_SECRET)")
 	fs.DurationVar(&cfg.turnTTL, "turn-ttl", 0, "the server's -turn-ttl (if not given, a credential's expiry need only be in the future)")
+	fs.DurationVar(&cfg.resumeTTL, "resume-ttl", 0, "the server's -resume-ttl (if not given, an expired resume token is not checked)")
 	only := fs.String("run", "", "run only the checks whose names match this regular expression")
 	skip := fs.String("skip", "", "skip the checks whose names match this regular expression (reported as SKIP)")
 	caFile := fs.String("ca", "", "for wss://: trust the certificate authorities in this PEM `file` instead of the system's")
@@ -430,6 +432,9 @@ func (t *T) path(room string) string {
 // connect connects to room and reads the first message, which must be a peers
 // message.
 func (t *T) connect(room string, o dialOptions) (*conn, error) {
+	if o.resume != "" {
+		room += "?resume=" + url.QueryEscape(o.resume)
+	}
 	c, resp, err := t.dial(t.path(room), o)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %v", t.path(room), err)
@@ -445,7 +450,9 @@ func (t *T) connect(room string, o dialOptions) (*conn, error) {
 		return nil, fmt.Errorf("%s connected to %s: first message %s; want peers, with an id and a list of ids", c.name, room, m)
 	}
 	c.id, c.peer = m.str("id"), m
-	t.run.gaveID(t.name, c.id)
+	if id, _, _ := strings.Cut(o.resume, "."); c.id != id { // a resumed id is given again
+		t.run.gaveID(t.name, c.id)
+	}
 	t.mu.Lock()
 	t.ids[c.id] = c.name
 	t.joined = append(t.joined, c)

@@ -51,10 +51,13 @@ type conn struct {
 	pings    chan time.Time // when the server's pings arrived
 	done     chan struct{}  // closed when reading ends
 
+	sentClose atomic.Bool // this side sent a close frame
+
 	// Set by the reader before done is closed: read them after done.
-	gotClose bool   // the server sent a close frame
-	closeMsg []byte // its payload: a status code, and maybe a reason
-	readErr  error  // why reading ended, if not a close frame
+	gotClose   bool   // the server sent a close frame
+	closeMsg   []byte // its payload: a status code, and maybe a reason
+	afterClose []byte // the opcodes of frames the server sent after its close frame
+	readErr    error  // why reading ended, if not a close frame
 }
 
 // dialOptions shape a handshake request.
@@ -65,6 +68,7 @@ type dialOptions struct {
 	onOpen  []byte   // a text frame sent right after the handshake, before anything is read
 	noPongs bool     // do not answer the server's pings
 	noRead  bool     // read nothing after the handshake, with a small receive buffer: a slow peer
+	resume  string   // a resume token, sent as ?resume= (connect adds it to the path)
 }
 
 // dial opens a connection to path (which may carry a query string) and does
@@ -167,7 +171,16 @@ func (c *conn) read(r *bufio.Reader) {
 			}
 		case opClose:
 			c.gotClose, c.closeMsg = true, data
-			return
+			if !c.sentClose.Load() { // the reply RFC 6455 asks for: the same status
+				c.writeFrame(true, opClose, data[:min(2, len(data))])
+			}
+			for { // until the server closes the connection: nothing may come
+				_, op, _, err := readFrame(r)
+				if err != nil {
+					return
+				}
+				c.afterClose = append(c.afterClose, op)
+			}
 		default: // parsed by next, so that pings are answered at once however many messages wait
 			c.msgs <- received{fin, op, data}
 		}
@@ -218,6 +231,9 @@ func readFrame(r *bufio.Reader) (fin bool, op byte, data []byte, err error) {
 func (c *conn) writeFrame(fin bool, op byte, payload []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if op == opClose {
+		c.sentClose.Store(true)
+	}
 	b := []byte{op}
 	if fin {
 		b[0] |= 0x80
