@@ -47,7 +47,7 @@ import (
 // Limits that Options does not set.
 const (
 	maxHeader    = 12 << 10    // request head bytes for Run; net/http adds 4 KiB; browsers: 1-2
-	maxURI       = 1024        // the room and query are kept while the peer is, and logged
+	maxURI       = 1024        // the room is kept while the peer is, and logged
 	readBuffer   = 2 << 10     // per peer: one read takes in a typical signal, header and all
 	closeTimeout = time.Second // to write what is left and the close frame, then read the reply
 )
@@ -70,6 +70,9 @@ const (
 
 	opContinuation, opText, opBinary = 0x0, 0x1, 0x2 // data frames
 	opClose, opPing, opPong          = 0x8, 0x9, 0xA // control frames
+
+	maxControl         = 125      // the most payload a control frame has, and byte 1 can hold
+	length16, length64 = 126, 127 // byte 1: a length of 16 bits follows, or of 64 bits
 )
 
 // Close status codes (RFC 6455, section 7.4.1; 1013 is in IANA's registry).
@@ -96,7 +99,8 @@ type Options struct {
 	// 256 MiB. A message that would pass it first drops the peer with the most waiting.
 	MaxQueuedBytes int
 	// PingInterval is how often each peer is pinged (default 20s); a peer silent for two
-	// intervals is dropped. WriteTimeout bounds each write to a peer (default 10s).
+	// intervals is dropped. WriteTimeout bounds each write to a peer (default 10s), but for
+	// the last: once a close frame is queued, what is left must be written within a second.
 	PingInterval, WriteTimeout time.Duration
 	// Origins lists the browser Origin values allowed (default any); a request without one
 	// (not a browser) is always allowed.
@@ -114,11 +118,11 @@ type Options struct {
 }
 
 // Events lets a program watch the server, like the Node.js Peero's events. Any hook may be
-// nil. Hooks run without the server's lock, on the goroutine of the peer they are about, in
-// order: Connection, Peers and Announce of p before the hooks for what p sends. While a hook
-// runs nothing more is read from its peer, and one that blocks for two ping intervals gets
-// its peer dropped as silent: hand slow work to a goroutine of your own. Hooks must not call
-// Close.
+// nil. Hooks run without the server's lock, one at a time for each peer, on the goroutine that
+// serves the peer whose doing they report (the sender, for Offer and Answer): Connection,
+// Peers and Announce of p before the hooks for what p sends. While a hook runs nothing more
+// is read from that peer, and one that blocks for two ping intervals gets it dropped as
+// silent: hand slow work to a goroutine of your own. Hooks must not call Close.
 type Events struct {
 	// Connection is called when p has joined its room and its peers list is queued. If p
 	// resumed the id of a peer the server still held, p took that peer's place: the room is
@@ -134,9 +138,9 @@ type Events struct {
 	Announce func(p *Peer)
 	// Peers is called after a peers list, of the ids in peers, was queued for p.
 	Peers func(p *Peer, peers []string)
-	// Error is called when the server drops p for a fault: a failed or slow read or write, a
-	// frame it does not accept, too much waiting, or silence for two ping intervals. Remove
-	// follows.
+	// Error is called when p leaves for a fault: a frame the server does not accept, or the
+	// server dropping p for a failed read or write, a write slower than WriteTimeout, too
+	// much waiting, or silence for two ping intervals. Remove follows.
 	Error func(err error, p *Peer)
 	// Remove is called once, after p left its room and the others were told (unless p was
 	// replaced: see Connection).
@@ -154,13 +158,13 @@ type Peer struct {
 
 	mu      sync.Mutex     // guards the fields below
 	queue   net.Buffers    // frames waiting to be written: a header, then its payload
-	queued  atomic.Int64   // bytes in queue or being written; changed under mu, read by evict
+	queued  atomic.Int64   // bytes in queue or being written; changed under mu, read without
 	writing bool           // p's writer runs: queue starts it, and it ends when queue is empty
 	started time.Time      // when the writer's last write started
 	writer  sync.WaitGroup // for p's writer to end, before finish closes conn
 	drained sync.Cond      // broadcast when a write ends, or p closes; throttle waits on it
-	closed  bool           // a close frame is queued, or p was dropped: nothing more is
-	dropped bool           // p was cut off: what waited was discarded
+	closed  bool           // a close frame is queued, or p was dropped: nothing is queued now
+	dropped bool           // p was cut off: what waited was discarded, and nothing is written
 	fault   error          // why p was dropped, or what was wrong with its frames
 }
 
@@ -257,12 +261,13 @@ func (keepOpen) Close() error { return nil }
 // start runs on net/http's goroutine once the handshake is done: it joins p, tells the room
 // and hands p's read loop to a goroutine of its own. net/http's goroutine then ends, with the
 // stack that the request, the handshake and the hooks grew; an idle peer costs only the new
-// goroutine's, which stays small (bench/RESULTS.md: 0.65 times what x/net's floor costs).
+// goroutine's, which stays small.
 func (s *Server) start(p *Peer) {
 	others, replaced, refused := s.join(p)
 	if refused != nil {
 		s.close(p, refused.code, errorMessage(refused.text), nil)
-		s.finish(p, true)
+		s.read(p) // to the client's close frame
+		s.finish(p)
 		return
 	}
 	if replaced != nil {
@@ -292,9 +297,9 @@ func (s *Server) serve(p *Peer) {
 	switch {
 	case errors.As(err, &bad):
 		s.close(p, bad.code, errorMessage(bad.text+"; closing"), err)
-	case err == io.EOF: // the client closed: the reply
+	case err == io.EOF: // the client closed: the reply, unless the server closed first
 		s.close(p, closeNormal, nil, nil)
-	case !errors.Is(err, os.ErrDeadlineExceeded): // else close or drop woke the read loop
+	default: // the connection failed or was cut off, or the client did not answer a close
 		s.drop(p, err)
 	}
 	p.mu.Lock()
@@ -307,33 +312,47 @@ func (s *Server) serve(p *Peer) {
 	if s.Events.Remove != nil {
 		s.Events.Remove(p)
 	}
-	s.finish(p, err != io.EOF)
+	if bad != nil && bad.code != closeTooBig { // else the rest of that frame was not read
+		s.read(p) // to the client's close frame
+	}
+	s.finish(p)
 }
 
 // read reads p's frames, answers its pings and handles its messages until the client closes
-// (io.EOF) or the connection fails or is ended (the error).
+// (io.EOF) or the connection fails (the error). Once the server has closed p, it handles
+// nothing more, and reads on only to the client's close frame.
 func (s *Server) read(p *Peer) error {
-	var kind byte // of the last message: a continuation frame is taken as one of its kind
+	var fragmented byte // the kind of message a continuation frame would continue, if any
 	for {
-		op, payload, err := readFrame(p.in, s.opts.MaxMessageBytes)
+		fin, op, payload, err := readFrame(p.in, s.opts.MaxMessageBytes)
 		if err != nil {
 			return err
 		}
 		p.lastSeen.Store(int64(time.Since(epoch)))
-		switch op {
-		case opClose:
+		if op == opClose {
 			return io.EOF
-		case opPing:
+		}
+		p.mu.Lock()
+		closed := p.closed
+		p.mu.Unlock()
+		switch {
+		case closed: // waiting for the client's close frame
+		case op == opPing:
 			s.send(p, frame(opPong, payload))
-		case opPong: // a sign of life, stored above
-		case opContinuation:
-			if kind == 0 {
-				return &closeError{closeProtocolError, "reserved WebSocket opcode"}
-			}
-			s.handle(p, kind == opBinary, payload)
+		case op == opPong: // a sign of life, stored above
+		case op == opContinuation && fragmented == 0:
+			return &closeError{closeProtocolError, "reserved WebSocket opcode"}
+		case op == opContinuation: // each fragment is taken as a message of its own
+			s.handle(p, fragmented == opBinary, payload)
+		case fragmented != 0:
+			return &closeError{closeProtocolError, "a new message inside a fragmented one"}
 		default: // text or binary: readFrame refuses the rest
-			kind = op
-			s.handle(p, kind == opBinary, payload)
+			s.handle(p, op == opBinary, payload)
+		}
+		if fin {
+			fragmented = 0
+		} else if op != opContinuation {
+			fragmented = op
 		}
 	}
 }
@@ -347,51 +366,60 @@ type closeError struct {
 
 func (e *closeError) Error() string { return e.text }
 
-// readFrame reads one frame from a client (RFC 6455, section 5.2) and returns its opcode and
-// unmasked payload. It refuses frames larger than max and those the RFC says fail the
-// connection, but for fragments: the read loop takes each fragment as a message.
-func readFrame(r *bufio.Reader, max int) (op byte, payload []byte, err error) {
+// readFrame reads one frame from a client (RFC 6455, section 5.2) and returns it, its payload
+// unmasked. It refuses frames larger than limit, without reading them, and after reading it
+// whole, any other frame the RFC says fails the connection; fragments are the caller's.
+func readFrame(r *bufio.Reader, limit int) (fin bool, op byte, payload []byte, err error) {
 	var head [2]byte
 	if _, err := io.ReadFull(r, head[:]); err != nil {
-		return 0, nil, err
+		return false, 0, nil, err
 	}
-	op = head[0] & 0x0f
+	fin, op = head[0]&finBit != 0, head[0]&0x0f
 	n := uint64(head[1] &^ maskBit)
-	if n >= 126 { // the length is in the next 2 bytes, or 8
+	if n == length16 || n == length64 { // the length is in the next 2 bytes, or 8
 		var length [8]byte
 		size := 8
-		if n == 126 {
+		if n == length16 {
 			size = 2
 		}
 		if _, err := io.ReadFull(r, length[8-size:]); err != nil {
-			return 0, nil, err
+			return false, 0, nil, err
 		}
 		n = binary.BigEndian.Uint64(length[:])
 	}
-	switch {
-	case head[1]&maskBit == 0:
-		return 0, nil, &closeError{closeProtocolError, "unmasked frame"}
-	case head[0]&rsvBits != 0:
-		return 0, nil, &closeError{closeProtocolError, "reserved bits set, with no extension"}
-	case op > opBinary && op < opClose || op > opPong:
-		return 0, nil, &closeError{closeProtocolError, "reserved WebSocket opcode"}
-	case op >= opClose && (head[0]&finBit == 0 || n > 125):
-		return 0, nil, &closeError{closeProtocolError, "control frame fragmented or too long"}
-	case n > uint64(max):
-		return 0, nil, &closeError{closeTooBig, fmt.Sprintf("frame larger than %d bytes", max)}
+	if n > uint64(limit) { // refused unread: reading it is what the limit saves
+		text := fmt.Sprintf("frame larger than %d bytes", limit)
+		return false, 0, nil, &closeError{closeTooBig, text}
 	}
 	var key [4]byte
-	if _, err := io.ReadFull(r, key[:]); err != nil {
-		return 0, nil, err
+	masked := head[1]&maskBit != 0
+	if masked {
+		if _, err := io.ReadFull(r, key[:]); err != nil {
+			return false, 0, nil, err
+		}
 	}
 	payload = make([]byte, n)
 	if _, err := io.ReadFull(r, payload); err != nil {
-		return 0, nil, err
+		return false, 0, nil, err
+	}
+	reserved := op > opBinary && op < opClose || op > opPong
+	switch { // refused once read whole, so that the next read starts at a frame
+	case !masked:
+		err = &closeError{closeProtocolError, "unmasked frame"}
+	case head[0]&rsvBits != 0:
+		err = &closeError{closeProtocolError, "reserved bits set, with no extension"}
+	case reserved:
+		err = &closeError{closeProtocolError, "reserved WebSocket opcode"}
+	case op >= opClose && (!fin || n > maxControl):
+		err = &closeError{closeProtocolError, "control frame fragmented or too long"}
+	}
+	if err != nil {
+		return false, 0, nil, err
 	}
 	for i := range payload {
 		payload[i] ^= key[i%4]
 	}
-	return op, payload, nil
+	return fin, op, payload, nil
 }
 
 // handle acts on one message from p: it replies to ping, peers and mistakes, and relays
@@ -430,7 +458,7 @@ func (s *Server) relay(p *Peer, typ, peerID string, signal json.RawMessage) {
 		to = to[i : i+1]
 	}
 	s.sendAll(to, p, text(relayed(typ, p.ID, signal)))
-	s.throttle(to)
+	s.throttle(p, to)
 	if typ == "offer" && s.Events.Offer != nil {
 		s.Events.Offer(p, signal)
 	}
@@ -547,11 +575,13 @@ func (s *Server) sendAll(peers []*Peer, except *Peer, f net.Buffers) {
 	}
 }
 
-// send queues frame f for p. It never blocks: a peer with too much waiting is dropped, and
-// so is the one with the most waiting when what waits for all would pass MaxQueuedBytes.
+// send queues frame f for p. It never waits on I/O: a peer with too much waiting is dropped,
+// and so is the one with the most waiting when what waits for all would pass MaxQueuedBytes.
+// (Senders at once to a peer near its bound may each pass it by a frame: it is read unlocked.)
 func (s *Server) send(p *Peer, f net.Buffers) {
 	n := size(f)
-	for s.queued.Load()+n > int64(s.opts.MaxQueuedBytes) && s.evict(n) {
+	if s.queued.Load()+n > int64(s.opts.MaxQueuedBytes) {
+		s.evict(n)
 	}
 	if p.queued.Load()+n > tooMuch*int64(s.opts.MaxMessageBytes) {
 		s.drop(p, fmt.Errorf("more than %d frames of the largest size waiting", tooMuch))
@@ -578,7 +608,8 @@ func (s *Server) queue(p *Peer, f net.Buffers) {
 }
 
 // write is p's writer, started by queue, and the only goroutine that writes to p.conn: it
-// writes what waits, in order, a batch at a time, and ends when nothing does.
+// writes what waits, in order, a batch at a time, and ends when nothing does. A batch is one
+// writev system call for up to 1024 buffers (a header or a payload each).
 func (s *Server) write(p *Peer) {
 	defer p.writer.Done()
 	for {
@@ -596,8 +627,8 @@ func (s *Server) write(p *Peer) {
 		}
 		p.mu.Unlock()
 		n := size(batch)
-		// One system call for all the frames of a batch. Over TLS each buffer is a write of
-		// its own, but no other goroutine writes in between, so frames stay whole.
+		// Over TLS each buffer is a write, and a record, of its own; but no other goroutine
+		// writes in between, so frames stay whole.
 		_, err := batch.WriteTo(p.conn)
 		p.mu.Lock()
 		s.account(p, -n)
@@ -609,26 +640,31 @@ func (s *Server) write(p *Peer) {
 	}
 }
 
-// throttle stops the read loop of the sender of a message to peers while one of them is
-// behind and reading, so that a flood's cost falls on the peer that floods, not on those
-// that read it. A peer whose write in progress has stalled is not waited on: it may have
-// stopped reading, and is dropped once it has too much waiting.
-func (s *Server) throttle(peers []*Peer) {
+// throttle stops the read loop of p, the sender of a message to peers, while one of them is
+// behind and reading, so that a flood's cost falls on the peer that floods, not on those that
+// read it. A peer whose write in progress has stalled is not waited on: it may have stopped
+// reading, and is dropped once it has too much waiting.
+func (s *Server) throttle(p *Peer, peers []*Peer) {
 	limit := behind * int64(s.opts.MaxMessageBytes)
-	for _, p := range peers {
-		p.mu.Lock()
-		for p.queued.Load() > limit && !p.closed && time.Since(p.started) < stalled {
-			wake := time.AfterFunc(stalled-time.Since(p.started), p.drained.Broadcast)
-			p.drained.Wait()
+	for _, o := range peers {
+		o.mu.Lock()
+		for o != p && o.queued.Load() > limit && !o.closed && time.Since(o.started) < stalled {
+			wake := time.AfterFunc(stalled-time.Since(o.started), func() {
+				o.mu.Lock() // so that the wake-up cannot come before Wait
+				o.drained.Broadcast()
+				o.mu.Unlock()
+			})
+			o.drained.Wait()
 			wake.Stop()
 		}
-		p.mu.Unlock()
+		o.mu.Unlock()
 	}
 }
 
 // close queues for p, after what waits, final if not nil and a close frame of code, then
-// nothing more: the rest must be written within closeTimeout. It records fault, if not nil,
-// as what was wrong, and wakes p's read loop. Once p is closed, close does nothing.
+// nothing more: the rest must be written within closeTimeout, and the client's close frame
+// come within another. It records fault, if not nil, as what was wrong. Once p is closed,
+// close does nothing. The read loop is not cut: it reads on, to the client's close frame.
 func (s *Server) close(p *Peer, code int, final []byte, fault error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -639,11 +675,11 @@ func (s *Server) close(p *Peer, code int, final []byte, fault error) {
 		s.queue(p, text(final))
 	}
 	s.queue(p, frame(opClose, binary.BigEndian.AppendUint16(nil, uint16(code))))
-	p.closed = true
+	p.closed = true // after the close frame is queued: nothing is after it
 	p.fault = fault
 	p.drained.Broadcast()
 	p.conn.SetWriteDeadline(time.Now().Add(closeTimeout))
-	p.conn.SetReadDeadline(time.Now()) // not I/O: it wakes p's read loop, if it waits
+	p.conn.SetReadDeadline(time.Now().Add(2 * closeTimeout))
 }
 
 // drop cuts p off: what waits for it is discarded, a write in progress fails at once, and
@@ -667,24 +703,26 @@ func (s *Server) drop(p *Peer, reason error) bool {
 	return true
 }
 
-// evict drops the peer with the most waiting if what waits for all peers, and need more,
-// would pass the bound, and reports whether it dropped one. Evictions take turns under s.mu,
-// so that several senders over the bound at once drop one peer, not one each.
-func (s *Server) evict(need int64) bool {
+// evict drops the peers with the most waiting, one at a time, until what waits for all peers
+// leaves room for need more, or the one with the most has been dropped already: its write is
+// failing, and its bytes leave the count when it has. Evictions take turns under s.mu, so
+// that senders over the bound at once drop as many peers as they need, not one each.
+func (s *Server) evict(need int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.queued.Load()+need <= int64(s.opts.MaxQueuedBytes) {
-		return false
-	}
-	var most *Peer
-	for _, room := range s.rooms {
-		for _, p := range room {
-			if most == nil || p.queued.Load() > most.queued.Load() {
-				most = p
+	for s.queued.Load()+need > int64(s.opts.MaxQueuedBytes) {
+		var most *Peer
+		for _, room := range s.rooms {
+			for _, p := range room {
+				if most == nil || p.queued.Load() > most.queued.Load() {
+					most = p
+				}
 			}
 		}
+		if most == nil || !s.drop(most, errors.New("the most waiting, past the bound for all")) {
+			return
+		}
 	}
-	return most != nil && s.drop(most, errors.New("the most waiting, past the bound for all"))
 }
 
 // account adds n to the bytes waiting for p, and for all peers.
@@ -693,24 +731,10 @@ func (s *Server) account(p *Peer, n int64) {
 	s.queued.Add(n)
 }
 
-// finish waits for p's writer to write what is left and closes p's connection. If the server
-// sent a close frame first (readToClose) it reads to the client's, for at most closeTimeout:
-// unread bytes at close would reset the connection, and the client could lose the frame.
-func (s *Server) finish(p *Peer, readToClose bool) {
+// finish waits for p's writer to write what is left, then closes p's connection.
+func (s *Server) finish(p *Peer) {
 	p.writer.Wait() // p is closed: no writer starts after this
-	defer p.conn.Close()
-	p.mu.Lock()
-	dropped := p.dropped
-	p.mu.Unlock()
-	if !readToClose || dropped {
-		return
-	}
-	p.conn.SetReadDeadline(time.Now().Add(closeTimeout))
-	for {
-		if op, _, err := readFrame(p.in, s.opts.MaxMessageBytes); err != nil || op == opClose {
-			return
-		}
-	}
+	p.conn.Close()
 }
 
 // ping is the pinger, from New to Close: every PingInterval it pings each peer, and drops
@@ -755,7 +779,8 @@ func (s *Server) Run(ready func(port string)) error {
 }
 
 // Close sends every peer a close frame (1001, going away) and returns when the connection of
-// every peer that joined is closed, and the pinger has ended.
+// every peer that joined is closed, and the pinger has ended. (A connection still in its
+// handshake gets "server closing" and is closed on its own, without Close waiting for it.)
 func (s *Server) Close() error {
 	s.cancel() // no join after it; those before are in peers
 	for _, p := range s.peers() {
@@ -803,10 +828,10 @@ func relayed(typ, from string, signal []byte) []byte {
 func (s *Server) peersMessage(p *Peer, ids []string) []byte {
 	list, _ := json.Marshal(ids) // cannot fail for strings, nor below
 	expiry := strconv.FormatInt(time.Now().Add(s.opts.ResumeTTL).Unix(), 10)
-	token := p.ID + "." + expiry + "." + s.sign(p.ID+"."+expiry, p.Room)
+	token := p.ID + "." + expiry + "." + s.sign(p.ID, expiry, p.Room)
 	msg := `{"type":"peers","id":"` + p.ID + `","peers":` + string(list)
 	msg += `,"resume":"` + token + `"` // ids, digits and base64url: nothing to escape
-	if len(s.opts.TURN) > 0 { // an RTCIceServer, for new RTCPeerConnection({iceServers})
+	if len(s.opts.TURN) > 0 {          // an RTCIceServer, for new RTCPeerConnection({iceServers})
 		user := fmt.Sprint(time.Now().Add(s.opts.TURNTTL).Unix(), ":", p.ID)
 		urls, _ := json.Marshal(s.opts.TURN)
 		msg += `,"iceServers":[{"urls":` + string(urls) + `,"username":"` + user +
@@ -815,24 +840,25 @@ func (s *Server) peersMessage(p *Peer, ids []string) []byte {
 	return []byte(msg + "}")
 }
 
-// resume returns the id that token, from a peers message of room, gives back: "ID.EXPIRY.MAC",
-// with MAC the signature of "ID.EXPIRY" in room. A token that is not valid, has expired or is
-// from another room gives a new id, as no token does.
+// resume returns the id that token, from a peers message in room, gives back: the token is
+// "ID.EXPIRY.MAC", MAC signing the three. A token that is not valid, has expired or is from
+// another room gives a new id, as no token does.
 func (s *Server) resume(room, token string) string {
 	id, rest, _ := strings.Cut(token, ".")
 	expiry, mac, _ := strings.Cut(rest, ".")
 	unix, err := strconv.ParseInt(expiry, 10, 64)
-	valid := hmac.Equal([]byte(mac), []byte(s.sign(id+"."+expiry, room)))
-	if err != nil || !valid || time.Now().Unix() >= unix {
+	valid := hmac.Equal([]byte(mac), []byte(s.sign(id, expiry, room)))
+	isID := len(id) == 26 && strings.Trim(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") == ""
+	if err != nil || !valid || !isID || time.Now().Unix() >= unix {
 		return rand.Text()
 	}
 	return id
 }
 
-// sign is the signature of a resume token's id and expiry, in room: base64url(HMAC-SHA256).
-func (s *Server) sign(idExpiry, room string) string {
+// sign is the MAC of a resume token: base64url(HMAC-SHA256(secret, ID "\n" EXPIRY "\n" ROOM)).
+func (s *Server) sign(id, expiry, room string) string {
 	mac := hmac.New(sha256.New, []byte(s.opts.Secret))
-	mac.Write([]byte(idExpiry + "\n" + room))
+	mac.Write([]byte(id + "\n" + expiry + "\n" + room))
 	return base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
 }
 
