@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"go/ast"
 	"go/format"
@@ -26,6 +27,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -49,6 +51,121 @@ func setupTest(t *testing.T, opts Options, events Events) (*Server, string) {
 		ts.Close()
 	})
 	return srv, "ws" + strings.TrimPrefix(ts.URL, "http")
+}
+
+// setupLogged is setupTest with ln under the server, to see what the server
+// does with each connection; ln's fields but Listener are set by the caller.
+func setupLogged(t *testing.T, opts Options, events Events, ln *connLog) (*Server, string) {
+	t.Helper()
+	srv := New(opts)
+	srv.Events = events
+	ts := httptest.NewUnstartedServer(srv)
+	ts.Config.ErrorLog = nil
+	ln.Listener = ts.Listener
+	ts.Listener = ln
+	ts.Start()
+	t.Cleanup(func() {
+		srv.Close()
+		ts.Close()
+	})
+	return srv, "ws" + strings.TrimPrefix(ts.URL, "http")
+}
+
+// connLog is a listener that keeps every connection it accepts, to see what
+// the server did with it.
+type connLog struct {
+	net.Listener
+	// writeBuffer, if not 0, is the size of the server's socket send buffers,
+	// so that what a peer does not read builds up in the server, not the kernel.
+	writeBuffer int
+	onWrite     func(*loggedConn, []byte) // if not nil, called before each write after the handshake
+	hold        chan struct{}             // if not nil, the handshake's response waits for it to close
+	holding     chan struct{}             // with hold: sent to when a response waits
+
+	mu    sync.Mutex
+	conns []*loggedConn
+}
+
+// loggedConn is the server's side of a connection, as connLog sees it.
+type loggedConn struct {
+	net.Conn
+	log      *connLog
+	upgraded atomic.Bool  // the handshake's response is written: frames follow
+	written  atomic.Int64 // bytes of frames written, after the handshake's response
+	writes   atomic.Int32 // writes in progress
+	overlap  atomic.Bool  // two writes were in progress at once
+	closed   chan struct{}
+	once     sync.Once
+}
+
+func (l *connLog) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	if tcp, ok := c.(*net.TCPConn); ok && l.writeBuffer > 0 {
+		tcp.SetWriteBuffer(l.writeBuffer)
+	}
+	lc := &loggedConn{Conn: c, log: l, closed: make(chan struct{})}
+	l.mu.Lock()
+	l.conns = append(l.conns, lc)
+	l.mu.Unlock()
+	return lc, nil
+}
+
+// of returns the server's side of the client connection c.
+func (l *connLog) of(c net.Conn) *loggedConn {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, lc := range l.conns {
+		if lc.RemoteAddr().String() == c.LocalAddr().String() {
+			return lc
+		}
+	}
+	panic("no connection from " + c.LocalAddr().String())
+}
+
+// upgraded returns the connections that became WebSockets.
+func (l *connLog) upgraded() []*loggedConn {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.DeleteFunc(slices.Clone(l.conns), func(c *loggedConn) bool { return !c.upgraded.Load() })
+}
+
+func (c *loggedConn) Write(b []byte) (int, error) {
+	if c.writes.Add(1) > 1 {
+		c.overlap.Store(true)
+	}
+	defer c.writes.Add(-1)
+	if !c.upgraded.Load() { // x/net writes the response in one write, before any frame
+		if c.log.hold != nil && bytes.HasPrefix(b, []byte("HTTP/1.1 101")) {
+			c.log.holding <- struct{}{}
+			<-c.log.hold
+		}
+		c.upgraded.Store(bytes.HasPrefix(b, []byte("HTTP/1.1 101")) && bytes.HasSuffix(b, []byte("\r\n\r\n")))
+		return c.Conn.Write(b)
+	}
+	if c.log.onWrite != nil {
+		c.log.onWrite(c, b)
+	}
+	n, err := c.Conn.Write(b)
+	c.written.Add(int64(n))
+	return n, err
+}
+
+func (c *loggedConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
+
+// isClosed reports whether the server has closed c.
+func (c *loggedConn) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
 }
 
 // msg is any server message, decoded.
@@ -145,6 +262,18 @@ func (c *client) quiet() {
 	c.expect("pong")
 }
 
+// sync sends a ping and reads to its reply, skipping messages of the types
+// given: once it returns, the server has handled all that c sent before.
+func (c *client) sync(skip ...string) {
+	c.t.Helper()
+	c.send(`{"type":"ping"}`)
+	for m := c.read(); m.Type != "pong"; m = c.read() {
+		if !slices.Contains(skip, m.Type) {
+			c.t.Fatalf("got %s; want a pong, after %q messages only", m.raw, skip)
+		}
+	}
+}
+
 // recorder collects Events as lines such as "connection ID".
 type recorder chan string
 
@@ -194,8 +323,10 @@ func TestFirstMessageIsPeers(t *testing.T) {
 	var m map[string]any
 	json.Unmarshal([]byte(text), &m)
 	id, _ := m["id"].(string)
-	if m["type"] != "peers" || len(id) != 26 || !strings.Contains(text, `"peers":[]`) || len(m) != 3 {
-		t.Errorf("first message = %s; want {\"type\":\"peers\",\"id\":<26 chars>,\"peers\":[]}", text)
+	resume, _ := m["resume"].(string)
+	if m["type"] != "peers" || len(id) != 26 || !strings.Contains(text, `"peers":[]`) ||
+		!strings.HasPrefix(resume, id+".") || len(m) != 4 {
+		t.Errorf("first message = %s; want {\"type\":\"peers\",\"id\":<26 chars>,\"peers\":[],\"resume\":<id>.…}", text)
 	}
 }
 
@@ -1180,51 +1311,244 @@ func TestRoomFull(t *testing.T) {
 	dial(t, base, "/other")
 }
 
-// TestQueuedBytesAreBoundedForAllPeers: peers that never read, flooded with
-// large offers, are dropped, the one with the most waiting first, so that all
-// that waits passes Options.MaxQueuedBytes by at most one message for each
-// peer it goes to (while a dropped peer's last write is cut short); a peer
-// that reads as fast as the offers come gets every one.
+// TestQueuedBytesAreBoundedForAllPeers: what waits to be sent to all peers
+// stays within Options.MaxQueuedBytes. Peers that never read, each with a
+// different amount waiting, are dropped as a flood goes on, the one with the
+// most waiting first; a peer that reads gets every message. What waits for a
+// peer is measured: the frames the server was given for it (known here) less
+// the bytes it wrote to the peer's connection (seen under it, by connLog).
 func TestQueuedBytesAreBoundedForAllPeers(t *testing.T) {
-	const bound, stalled, n = 4 << 20, 10, 150
-	big := `{"type":"offer","signal":"` + strings.Repeat("x", 60<<10) + `"}`
+	const bound, size, stalled = 3 << 20, 60 << 10, 5
 	events := make(recorder, 1000)
-	var most, joined atomic.Int64
-	var srv *Server
-	srv, base := setupTest(t, Options{MaxQueuedBytes: bound, PingInterval: time.Hour}, Events{
-		Connection: func(p *Peer) {
-			if joined.Add(1) > 2 { // a stalled peer: small socket buffers, so what waits for it
-				p.conn.(*net.TCPConn).SetWriteBuffer(8 << 10) // builds up in the server, as it
-			} // would once a real peer's buffers are full
-		},
-		Message: func(*Peer, []byte) { most.Store(max(most.Load(), srv.queued.Load())) },
-		Error:   events.events().Error,
-	})
+	ln := &connLog{writeBuffer: 16 << 10}
+	_, base := setupLogged(t, Options{MaxQueuedBytes: bound, PingInterval: time.Hour},
+		Events{Error: events.events().Error}, ln)
 	sender := dial(t, base, "/r")
 	reader := dial(t, base, "/r")
-	for range stalled {
-		dialRaw(t, base+"/r", nil).conn.(*net.TCPConn).SetReadBuffer(8 << 10) // never reads
+	peers := make([]*rawConn, stalled)
+	for i := range peers {
+		peers[i] = dialPeer(t, base+"/r", 16<<10)
+	}
+	for i, p := range peers { // each reads the announces of those after it, then no more
+		for range stalled - 1 - i {
+			p.readFrame()
+		}
 	}
 	for range stalled + 1 {
 		sender.expect("announce")
 	}
-	for range n {
-		sender.send(big)
-		for reader.read().Type != "offer" { // announces first
-		}
-	}
 	for range stalled {
-		e := events.next(t, "error")
-		if id := strings.Fields(e)[1]; !strings.Contains(e, "past the bound") || id == reader.id || id == sender.id {
-			t.Errorf("event %q; want a stalled peer dropped for having the most waiting", e)
+		reader.expect("announce")
+	}
+	given := map[*rawConn]int64{} // frame bytes the server was given for each stalled peer
+	for _, p := range peers {
+		given[p] = p.read
+	}
+	n := 0
+	for i, p := range peers { // 3, 6, 9, 12 and 15 offers: 2.8 MB in all
+		for range 3 * (i + 1) {
+			signal := bigSignal(n, size)
+			sender.send(offerTo(p.id, signal))
+			given[p] += frameSize(len(relayedOffer(sender.id, signal)))
+			n++
 		}
 	}
-	slack := int64((stalled + 1) * (len(big) + 64))
-	if got := most.Load(); got > bound+slack {
-		t.Errorf("at most %d bytes waited; want at most %d + %d", got, bound, slack)
+	sender.quiet()
+	var dropped []*rawConn // in the order the Error hook reported them
+	report := func(e string) {
+		f := strings.Fields(e)
+		i := slices.IndexFunc(peers, func(p *rawConn) bool { return p.id == f[1] })
+		if i < 0 || slices.Contains(dropped, peers[i]) || !strings.Contains(e, "the most waiting") {
+			t.Fatalf("event %q; want a stalled peer dropped once, for having the most waiting", e)
+		}
+		if want := peers[stalled-1-len(dropped)]; peers[i] != want {
+			t.Errorf("dropped %s; want %s, the one with the most waiting of those left", f[1], want.id)
+		}
+		dropped = append(dropped, peers[i])
 	}
-	t.Logf("at most %d bytes waited for all peers (bound %d)", most.Load(), bound)
-	reader.quiet()
+	waiting := func() (total int64) {
+		for _, p := range peers {
+			if !slices.Contains(dropped, p) {
+				total += given[p] - ln.of(p.conn).written.Load()
+			}
+		}
+		return total
+	}
+	checkBound := func(when string) { // drops are reported soon after they happen: wait for them
+		t.Helper()
+		for {
+			select {
+			case e := <-events:
+				report(e)
+				continue
+			default:
+			}
+			total := waiting()
+			if total <= bound {
+				return
+			}
+			select {
+			case e := <-events:
+				report(e)
+			case <-time.After(readTimeout):
+				t.Fatalf("%s: %d bytes waiting for the peers held; want at most %d", when, total, bound)
+			}
+		}
+	}
+	checkBound("before the flood")
+	for i := range 10 { // to all the room: each offer adds 0.3 MB for the stalled peers
+		signal := bigSignal(n+i, size)
+		sender.send(`{"type":"offer","signal":` + signal + `}`)
+		for _, p := range peers {
+			given[p] += frameSize(len(relayedOffer(sender.id, signal)))
+		}
+		for m := reader.read(); m.Type != "offer"; m = reader.read() { // removes first
+			if m.Type != "remove" {
+				t.Fatalf("reader got %s; want offers and removes", m.raw)
+			}
+		}
+		sender.sync("remove")
+		checkBound(fmt.Sprintf("after offer %d to the room", i))
+	}
+	if len(dropped) < 2 {
+		t.Errorf("%d stalled peers dropped; want several: 3 MB passed the bound", len(dropped))
+	}
+	t.Logf("%d bytes waiting at the end; %d of %d stalled peers dropped", waiting(), len(dropped), stalled)
+	reader.sync("remove")
+}
+
+// TestOneEvictionForManySenders: senders that pass MaxQueuedBytes at once
+// drop one peer, the one with the most waiting, when that makes room for all.
+func TestOneEvictionForManySenders(t *testing.T) {
+	const bound, size, senders = 1 << 20, 60 << 10, 8
+	events := make(recorder, 100)
+	srv, base := setupLogged(t, Options{MaxQueuedBytes: bound, PingInterval: time.Hour},
+		Events{Error: events.events().Error}, &connLog{writeBuffer: 16 << 10})
+	clients := make([]*client, senders)
+	for i := range clients {
+		clients[i] = dial(t, base, "/r")
+	}
+	most := dialPeer(t, base+"/r", 16<<10) // these three never read
+	less := dialPeer(t, base+"/r", 16<<10)
+	target := dialPeer(t, base+"/r", 16<<10)
+	for i, c := range clients {
+		for range senders - 1 - i + 3 {
+			c.expect("announce")
+		}
+	}
+	for i := range 15 { // 0.74 MB waiting for most, 0.18 for less
+		to := most
+		if i >= 12 {
+			to = less
+		}
+		clients[0].send(offerTo(to.id, bigSignal(i, size)))
+	}
+	clients[0].quiet()
+	if len(events) > 0 {
+		t.Fatalf("event %q before the bound was passed", <-events)
+	}
+	start := make(chan bool)
+	var wg sync.WaitGroup
+	for i, c := range clients { // 0.5 MB more for target, at once: past the bound
+		wg.Go(func() {
+			<-start
+			websocket.Message.Send(c.conn, offerTo(target.id, bigSignal(100+i, size)))
+		})
+	}
+	close(start)
+	wg.Wait()
+	for _, c := range clients {
+		c.sync("remove")
+	}
+	srv.Close() // every Error hook has run when it returns
+	var drops []string
+	for len(events) > 0 {
+		drops = append(drops, <-events)
+	}
+	if want := "error " + most.id + " the most waiting, past the bound for all"; !slices.Equal(drops, []string{want}) {
+		t.Errorf("Error events %q; want one: %q", drops, want)
+	}
+}
+
+// TestEvictionsMakeRoomForTheMessage: a message that would pass
+// MaxQueuedBytes drops peers, those with the most waiting first, until it
+// fits: as many as that takes, and no more.
+func TestEvictionsMakeRoomForTheMessage(t *testing.T) {
+	const bound, size, stalled = 1300 << 10, 100 << 10, 6
+	events := make(recorder, 100)
+	ln := &connLog{writeBuffer: 16 << 10}
+	srv, base := setupLogged(t, Options{MaxMessageBytes: 1 << 20, MaxQueuedBytes: bound,
+		PingInterval: time.Hour}, Events{Error: events.events().Error}, ln)
+	sender := dial(t, base, "/r")
+	peers := make([]*rawConn, stalled+1) // the last is the target of the large message
+	for i := range peers {
+		peers[i] = dialPeer(t, base+"/r", 16<<10)
+	}
+	for i, p := range peers { // each reads the announces of those after it, then no more
+		for range len(peers) - 1 - i {
+			p.readFrame()
+		}
+		sender.expect("announce")
+	}
+	target := peers[stalled]
+	given := map[*rawConn]int64{}
+	for _, p := range peers {
+		given[p] = p.read
+	}
+	for i, p := range peers[:stalled] { // 200 KB waiting for each: 1.2 MB in all
+		for j := range 2 {
+			signal := bigSignal(2*i+j, size)
+			sender.send(offerTo(p.id, signal))
+			given[p] += frameSize(len(relayedOffer(sender.id, signal)))
+		}
+	}
+	sender.quiet()
+	if len(events) > 0 {
+		t.Fatalf("event %q before the bound was passed", <-events)
+	}
+	var waiting []int64
+	var total int64
+	for _, p := range peers {
+		w := given[p] - ln.of(p.conn).written.Load()
+		waiting = append(waiting, w)
+		total += w
+	}
+	signal := bigSignal(-1, 1000<<10)
+	large := frameSize(len(relayedOffer(sender.id, signal)))
+	slices.Sort(waiting)
+	need := 0 // peers to drop, those with the most waiting first, for the message to fit
+	for total+large > bound {
+		total -= waiting[len(waiting)-1-need]
+		need++
+	}
+	sender.send(offerTo(target.id, signal))
+	sender.sync("remove")
+	var dropped []string
+	deadline := time.After(readTimeout)
+	for len(dropped) < need { // drops are reported soon after they happen
+		select {
+		case e := <-events:
+			dropped = append(dropped, e)
+		case <-deadline:
+			t.Fatalf("%d peers dropped: %q; want %d to make room for %d bytes", len(dropped), dropped, need, large)
+		}
+	}
+	var held int64
+	for _, p := range peers {
+		if !slices.ContainsFunc(dropped, func(e string) bool { return strings.Fields(e)[1] == p.id }) {
+			held += given[p] - ln.of(p.conn).written.Load()
+		}
+	}
+	if held > bound {
+		t.Errorf("%d bytes waiting for the peers held; want at most %d", held, bound)
+	}
+	srv.Close() // every Error hook has run when it returns; Close drops nobody for a fault
+	for len(events) > 0 {
+		dropped = append(dropped, <-events)
+	}
+	if len(dropped) != need {
+		t.Errorf("%d peers dropped: %q; want %d, the fewest that make room for %d bytes", len(dropped), dropped, need, large)
+	}
 }
 
 // TestTURNCredential checks the TURN REST API password against a vector
@@ -1365,11 +1689,20 @@ type rawConn struct {
 	r      *bufio.Reader
 	status int
 	header http.Header // of the response
+	id     string      // from the first peers message, if read with dialPeer
+	read   int64       // bytes of the frames read
 }
 
 // dialRaw does a WebSocket handshake with header added and returns the
 // connection with the response status; it is closed when the test ends.
 func dialRaw(t *testing.T, url string, header http.Header) *rawConn {
+	t.Helper()
+	return dialRawBuffer(t, url, header, 0)
+}
+
+// dialRawBuffer is dialRaw with the socket's receive buffer set to
+// readBuffer if not 0: a client that does not read then holds little.
+func dialRawBuffer(t *testing.T, url string, header http.Header, readBuffer int) *rawConn {
 	t.Helper()
 	scheme, u, _ := strings.Cut(url, "://")
 	host, path, _ := strings.Cut(u, "/")
@@ -1381,6 +1714,9 @@ func dialRaw(t *testing.T, url string, header http.Header) *rawConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
+	if tcp, ok := conn.(*net.TCPConn); ok && readBuffer > 0 {
+		tcp.SetReadBuffer(readBuffer)
+	}
 	req, _ := http.NewRequest("GET", "http://"+host+"/"+path, nil)
 	req.Header = header.Clone()
 	if req.Header == nil {
@@ -1402,6 +1738,20 @@ func dialRaw(t *testing.T, url string, header http.Header) *rawConn {
 	return &rawConn{t: t, conn: conn, r: r, status: resp.StatusCode, header: resp.Header}
 }
 
+// dialPeer is dialRawBuffer that also reads the first message, which must be
+// peers, and keeps the id it gives.
+func dialPeer(t *testing.T, url string, readBuffer int) *rawConn {
+	t.Helper()
+	c := dialRawBuffer(t, url, nil, readBuffer)
+	op, data := c.readFrame()
+	var m msg
+	if json.Unmarshal(data, &m); op != 0x1 || m.Type != "peers" || m.ID == "" {
+		t.Fatalf("first frame: opcode %#x %s; want a peers message", op, data)
+	}
+	c.id = m.ID
+	return c
+}
+
 // writeFrame writes one masked client frame.
 func (c *rawConn) writeFrame(fin bool, opcode byte, payload []byte) {
 	c.t.Helper()
@@ -1410,15 +1760,22 @@ func (c *rawConn) writeFrame(fin bool, opcode byte, payload []byte) {
 	}
 }
 
-// clientFrame is a masked client frame; payload is at most 125 bytes.
+// clientFrame is a masked client frame.
 func clientFrame(fin bool, opcode byte, payload []byte) []byte {
 	b0 := opcode
 	if fin {
 		b0 |= 0x80
 	}
+	frame := []byte{b0, 0x80 | byte(len(payload))}
+	switch n := len(payload); {
+	case n >= 1<<16:
+		frame = binary.BigEndian.AppendUint64([]byte{b0, 0x80 | 127}, uint64(n))
+	case n >= 126:
+		frame = binary.BigEndian.AppendUint16([]byte{b0, 0x80 | 126}, uint16(n))
+	}
 	var key [4]byte
 	rand.Read(key[:])
-	frame := append([]byte{b0, 0x80 | byte(len(payload))}, key[:]...)
+	frame = append(frame, key[:]...)
 	for i, b := range payload {
 		frame = append(frame, b^key[i%4])
 	}
@@ -1428,27 +1785,75 @@ func clientFrame(fin bool, opcode byte, payload []byte) []byte {
 // readFrame reads one server frame (unmasked, unfragmented).
 func (c *rawConn) readFrame() (opcode byte, payload []byte) {
 	c.t.Helper()
+	opcode, payload, err := c.next()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return opcode, payload
+}
+
+// next reads one server frame, or returns the error: io.EOF if the
+// connection ended between frames, io.ErrUnexpectedEOF inside one.
+func (c *rawConn) next() (opcode byte, payload []byte, err error) {
 	c.conn.SetReadDeadline(time.Now().Add(readTimeout))
 	var h [2]byte
 	if _, err := io.ReadFull(c.r, h[:]); err != nil {
-		c.t.Fatal(err)
+		return 0, nil, err
 	}
-	n := int(h[1] & 0x7f)
-	switch n {
-	case 126:
-		var l [2]byte
-		io.ReadFull(c.r, l[:])
-		n = int(binary.BigEndian.Uint16(l[:]))
-	case 127:
+	n := uint64(h[1] & 0x7f)
+	if n >= 126 {
 		var l [8]byte
-		io.ReadFull(c.r, l[:])
-		n = int(binary.BigEndian.Uint64(l[:]))
+		size := 8
+		if n == 126 {
+			size = 2
+		}
+		if _, err := io.ReadFull(c.r, l[8-size:]); err != nil {
+			return 0, nil, io.ErrUnexpectedEOF
+		}
+		n = binary.BigEndian.Uint64(l[:])
+	}
+	if h[0]&0x70 != 0 || h[1]&0x80 != 0 || n > 64<<20 {
+		return 0, nil, fmt.Errorf("not a server frame: % x, length %d", h, n)
 	}
 	payload = make([]byte, n)
 	if _, err := io.ReadFull(c.r, payload); err != nil {
-		c.t.Fatal(err)
+		return 0, nil, io.ErrUnexpectedEOF
 	}
-	return h[0] & 0x0f, payload
+	c.read += frameSize(len(payload))
+	return h[0] & 0x0f, payload, nil
+}
+
+// frameSize is the size of a server frame with n bytes of payload.
+func frameSize(n int) int64 {
+	switch {
+	case n >= 1<<16:
+		return int64(10 + n)
+	case n >= 126:
+		return int64(4 + n)
+	}
+	return int64(2 + n)
+}
+
+// expectClose reads the next frame, which must be a close frame with status
+// code; then it answers with a close frame, as a client does, and checks
+// that nothing follows: the server closes the connection.
+func (c *rawConn) expectClose(code int) {
+	c.t.Helper()
+	c.expectCloseThen(code, io.EOF)
+}
+
+// expectCloseThen is expectClose with end, the error that must follow the
+// close frame: io.EOF, or syscall.ECONNRESET where the server may reset.
+func (c *rawConn) expectCloseThen(code int, end error) {
+	c.t.Helper()
+	op, payload, err := c.next()
+	if err != nil || op != 0x8 || len(payload) < 2 || int(binary.BigEndian.Uint16(payload)) != code {
+		c.t.Fatalf("got opcode %#x %q, %v; want a close frame with status %d", op, payload, err, code)
+	}
+	c.conn.Write(clientFrame(true, 0x8, payload[:2]))
+	if op, payload, err := c.next(); err != io.EOF && !errors.Is(err, end) {
+		c.t.Errorf("after the close frame: opcode %#x %q, %v; want the connection closed (%v)", op, payload, err, end)
+	}
 }
 
 // benchSignal is a 1 KB signal, the size of a typical SDP offer.
@@ -1591,4 +1996,217 @@ func TestCopyIntoAProgram(t *testing.T) {
 			t.Errorf("go %s in the copy: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
+}
+
+// bigSignal is a signal of about size bytes, a JSON string that begins with
+// n, so that a reader can tell the messages apart.
+func bigSignal(n, size int) string {
+	return fmt.Sprintf(`"%d%s"`, n, strings.Repeat("x", size))
+}
+
+// offerTo is an offer of signal for the peer id.
+func offerTo(id, signal string) string {
+	return `{"type":"offer","peerId":"` + id + `","signal":` + signal + `}`
+}
+
+// relayedOffer is an offer of signal as the server relays it from the peer from.
+func relayedOffer(from, signal string) string {
+	return `{"type":"offer","peerId":"` + from + `","signal":` + signal + `}`
+}
+
+// TestCloseFrameComesLast: a peer with a backlog being written when the
+// server closes it, on Close or for a protocol fault of its own, gets every
+// frame whole, then the close frame, then nothing.
+func TestCloseFrameComesLast(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		end   func(*Server, *rawConn)
+		final string // the message before the close frame, if any
+		code  int
+	}{
+		{"on Close", func(srv *Server, _ *rawConn) { go srv.Close() }, "", 1001},
+		{"on a protocol fault", func(_ *Server, r *rawConn) { r.writeFrame(true, 0x3, nil) },
+			`{"type":"error","error":"reserved WebSocket opcode; closing"}`, 1002},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, base := setupLogged(t, Options{PingInterval: time.Hour}, Events{}, &connLog{writeBuffer: 16 << 10})
+			sender := dial(t, base, "/r")
+			r := dialPeer(t, base+"/r", 0) // not a smaller buffer: r reads 1.8 MB within 1 s below
+			sender.expect("announce")
+			const n, size = 30, 60 << 10 // 1.8 MB: more than the socket buffers hold
+			for i := range n {
+				sender.send(offerTo(r.id, bigSignal(i, size)))
+			}
+			sender.quiet() // all relayed: what r has not read waits in the server
+			tt.end(srv, r)
+			for i := range n {
+				want := relayedOffer(sender.id, bigSignal(i, size))
+				op, data, err := r.next()
+				if err != nil || op != 0x1 || string(data) != want {
+					t.Fatalf("frame %d: opcode %#x, %d bytes %.40q, %v; want offer %d whole", i, op, len(data), data, err, i)
+				}
+			}
+			if tt.final != "" {
+				if op, data, err := r.next(); err != nil || op != 0x1 || string(data) != tt.final {
+					t.Fatalf("after the offers: opcode %#x %.80q, %v; want %s", op, data, err, tt.final)
+				}
+			}
+			r.expectClose(tt.code)
+		})
+	}
+}
+
+// TestCloseIsPromptWithAStalledPeer: a peer that never reads, with a backlog
+// the server cannot write, holds Close up for the close timeout (1 s), not a
+// write timeout (10 s), even while it keeps pinging: each of its pings asks
+// for a pong that cannot be written either.
+func TestCloseIsPromptWithAStalledPeer(t *testing.T) {
+	srv, base := setupLogged(t, Options{PingInterval: time.Hour}, Events{}, &connLog{writeBuffer: 16 << 10})
+	sender := dial(t, base, "/r")
+	r := dialPeer(t, base+"/r", 16<<10)
+	sender.expect("announce")
+	for i := range 20 {
+		sender.send(offerTo(r.id, bigSignal(i, 60<<10)))
+	}
+	sender.quiet()
+	stop, stopped := make(chan bool), make(chan bool)
+	var pings []byte // many at once: the server reads them at once, and answers one by one
+	for range 100 {
+		pings = append(pings, clientFrame(true, 0x9, []byte("p"))...)
+	}
+	go func() { // pings every millisecond until the server closes or the test ends
+		defer close(stopped)
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			r.conn.SetWriteDeadline(time.Now().Add(readTimeout))
+			if _, err := r.conn.Write(pings); err != nil {
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); <-stopped }()
+	time.Sleep(50 * time.Millisecond) // pings piling up unanswered: the situation under test
+	start := time.Now()
+	srv.Close()
+	if elapsed := time.Since(start); elapsed > 5*time.Second {
+		t.Errorf("Close took %v; want about the close timeout, 1s, not the write timeout, 10s", elapsed)
+	}
+}
+
+// TestCloseCodes: each way the server ends a connection has its status code
+// (RFC 6455, section 7.4.1) in one close frame, after an error message that
+// says why, if there is one; nothing follows the close frame.
+func TestCloseCodes(t *testing.T) {
+	withRSV := clientFrame(true, 0x1, []byte(`{"type":"ping"}`))
+	withRSV[0] |= 0x40
+	for _, tt := range []struct {
+		name string
+		end  func(*Server, *rawConn)
+		err  string // the error message before the close frame; "" for none
+		code int
+	}{
+		{"Close", func(srv *Server, _ *rawConn) { go srv.Close() }, "", 1001},
+		{"reserved opcode", func(_ *Server, r *rawConn) { r.writeFrame(true, 0x3, []byte("{}")) },
+			"reserved WebSocket opcode; closing", 1002},
+		{"reserved control opcode", func(_ *Server, r *rawConn) { r.writeFrame(true, 0xB, nil) },
+			"reserved WebSocket opcode; closing", 1002},
+		{"unmasked frame", func(_ *Server, r *rawConn) { r.conn.Write([]byte{0x81, 2, '{', '}'}) },
+			"unmasked frame; closing", 1002},
+		{"reserved bits set", func(_ *Server, r *rawConn) { r.conn.Write(withRSV) },
+			"reserved bits set, with no extension; closing", 1002},
+		{"control frame too long", func(_ *Server, r *rawConn) { r.writeFrame(true, 0x9, make([]byte, 126)) },
+			"control frame fragmented or too long; closing", 1002},
+		{"control frame fragmented", func(_ *Server, r *rawConn) { r.writeFrame(false, 0x9, []byte("p")) },
+			"control frame fragmented or too long; closing", 1002},
+		{"frame too large", func(_ *Server, r *rawConn) { r.writeFrame(true, 0x1, make([]byte, 1001)) },
+			"frame larger than 1000 bytes; closing", 1009},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, base := setupTest(t, Options{MaxMessageBytes: 1000}, Events{})
+			r := dialPeer(t, base+"/r", 0)
+			tt.end(srv, r)
+			if tt.err != "" {
+				if op, data, err := r.next(); err != nil || string(data) != `{"type":"error","error":"`+tt.err+`"}` {
+					t.Fatalf("got opcode %#x %q, %v; want the error %q", op, data, err, tt.err)
+				}
+			}
+			end := error(io.EOF)
+			if tt.code == 1009 { // the server did not read the rest of the frame: closing resets
+				end = syscall.ECONNRESET
+			}
+			r.expectCloseThen(tt.code, end)
+		})
+	}
+	t.Run("client closed", func(t *testing.T) {
+		_, base := setupTest(t, Options{}, Events{})
+		r := dialPeer(t, base+"/r", 0)
+		r.writeFrame(true, 0x8, []byte{0x03, 0xe9}) // 1001: the page is going away
+		op, data, err := r.next()
+		if err != nil || op != 0x8 || !bytes.Equal(data, []byte{0x03, 0xe8}) {
+			t.Fatalf("reply to a close frame: opcode %#x %q, %v; want a close frame with status 1000", op, data, err)
+		}
+		if op, data, err := r.next(); err != io.EOF {
+			t.Errorf("after the close frame: opcode %#x %q, %v; want the connection closed (EOF)", op, data, err)
+		}
+	})
+}
+
+// TestRefusedJoinsGetTheirError: a client that cannot join gets an error
+// message and a close frame with the status of the reason, even if it sends
+// a frame before it reads: the server reads to the client's close frame, so
+// that no reset can overtake them.
+func TestRefusedJoinsGetTheirError(t *testing.T) {
+	refused := func(t *testing.T, r *rawConn, text string, code int) {
+		t.Helper()
+		if r.status != http.StatusSwitchingProtocols {
+			t.Fatalf("status %d; want 101: the refusal comes as a message", r.status)
+		}
+		r.writeFrame(true, 0x1, []byte(`{"type":"ping"}`)) // before reading
+		if op, data, err := r.next(); err != nil || string(data) != `{"type":"error","error":"`+text+`"}` {
+			t.Fatalf("got opcode %#x %q, %v; want the error %q", op, data, err, text)
+		}
+		r.expectClose(code)
+	}
+	t.Run("room full", func(t *testing.T) {
+		_, base := setupTest(t, Options{MaxRoomPeers: 1}, Events{})
+		dial(t, base, "/r")
+		refused(t, dialRaw(t, base+"/r", nil), "room full", 1013)
+	})
+	t.Run("server full", func(t *testing.T) {
+		_, base := setupTest(t, Options{MaxPeers: 1}, Events{})
+		dial(t, base, "/r")
+		refused(t, dialRaw(t, base+"/other", nil), "server full", 1013)
+	})
+	t.Run("server closing", func(t *testing.T) { // a handshake under way when Close begins
+		ln := &connLog{hold: make(chan struct{}), holding: make(chan struct{}, 1)}
+		srv, base := setupLogged(t, Options{}, Events{}, ln)
+		conn, err := net.Dial("tcp", strings.TrimPrefix(base, "ws://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprint(conn, "GET /r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+		select {
+		case <-ln.holding: // the server has accepted the handshake and waits to answer it
+		case <-time.After(readTimeout):
+			t.Fatal("no handshake response")
+		}
+		srv.Close()
+		close(ln.hold)
+		r := &rawConn{t: t, conn: conn, r: bufio.NewReader(conn)}
+		conn.SetReadDeadline(time.Now().Add(readTimeout))
+		resp, err := http.ReadResponse(r.r, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.status = resp.StatusCode
+		refused(t, r, "server closing", 1001)
+	})
 }
