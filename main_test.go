@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"strconv"
@@ -81,6 +82,9 @@ type connLog struct {
 	onWrite     func(*loggedConn, []byte) // if not nil, called before each write after the handshake
 	hold        chan struct{}             // if not nil, the handshake's response waits for it to close
 	holding     chan struct{}             // with hold: sent to when a response waits
+	// slowClose, if not 0, is how long closing a connection takes: a server
+	// that does not wait for its sockets to close is then seen to return first.
+	slowClose time.Duration
 
 	mu    sync.Mutex
 	conns []*loggedConn
@@ -154,8 +158,10 @@ func (c *loggedConn) Write(b []byte) (int, error) {
 }
 
 func (c *loggedConn) Close() error {
+	time.Sleep(c.log.slowClose)
+	err := c.Conn.Close()
 	c.once.Do(func() { close(c.closed) })
-	return c.Conn.Close()
+	return err
 }
 
 // isClosed reports whether the server has closed c.
@@ -889,11 +895,13 @@ func TestUnresponsivePeerIsDropped(t *testing.T) {
 	}
 }
 
+// TestCloseEndsEverything: when Close returns, the connection of every peer
+// is closed (seen under the server, by connLog), and no goroutine of the
+// server is left: the read loops, the writers and the pinger have ended.
 func TestCloseEndsEverything(t *testing.T) {
-	before := runtime.NumGoroutine()
-	srv := New(Options{PingInterval: 10 * time.Millisecond})
-	ts := httptest.NewServer(srv)
-	base := "ws" + strings.TrimPrefix(ts.URL, "http")
+	quiesce(t)
+	ln := &connLog{slowClose: 20 * time.Millisecond}
+	srv, base := setupLogged(t, Options{PingInterval: 10 * time.Millisecond}, Events{}, ln)
 	var clients []*client
 	for i := range 10 {
 		c := dial(t, base, fmt.Sprint("/", i%3))
@@ -903,7 +911,7 @@ func TestCloseEndsEverything(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, c := range clients {
 		wg.Go(func() { // each reads promptly, as a client should, until the close frame
-			defer c.conn.Close()
+			defer c.conn.Close() // x/net's client answers the close frame as it closes
 			for {
 				c.conn.SetReadDeadline(time.Now().Add(readTimeout))
 				var text string
@@ -918,16 +926,62 @@ func TestCloseEndsEverything(t *testing.T) {
 			}
 		})
 	}
+	waitFor(t, "the handshakes' goroutines to end", func() bool { // as they do after start
+		return len(goroutines(serverMethod+"ServeHTTP")) == 0
+	})
 	srv.Close()
-	wg.Wait()
-	ts.Close()
-	deadline := time.Now().Add(readTimeout)
-	for runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines after Close; want %d\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+	for i, c := range ln.upgraded() {
+		if !c.isClosed() {
+			t.Errorf("connection %d of %d open when Close returned; want all closed", i, len(ln.upgraded()))
 		}
-		time.Sleep(10 * time.Millisecond) // polling the count: there is no event to wait on
+	}
+	if left := goroutines(serverMethod); len(left) > 0 {
+		t.Errorf("%d goroutines of the server when Close returned; want none:\n%s", len(left), strings.Join(left, "\n\n"))
+	}
+	wg.Wait()
+}
+
+// serverMethod is how a goroutine's stack names a method of Server, less the
+// method's name: "peero.(*Server)." when the module is peero.
+var serverMethod = strings.TrimSuffix(runtime.FuncForPC(reflect.ValueOf((*Server).Close).Pointer()).Name(), "Close")
+
+// goroutines returns the stacks of the goroutines with a function whose
+// name contains fn, among those they run or that created them.
+func goroutines(fn string) []string {
+	buf := make([]byte, 1<<20)
+	for runtime.Stack(buf, true) == len(buf) {
+		buf = make([]byte, 2*len(buf))
+	}
+	buf = buf[:runtime.Stack(buf, true)]
+	var found []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, fn) {
+			found = append(found, g)
+		}
+	}
+	return found
+}
+
+// quiesce waits until no goroutine of any server is left from earlier tests,
+// as those of refused joins, which read to their client's close frame after
+// Close has returned, for at most a second.
+func quiesce(t *testing.T) {
+	t.Helper()
+	waitFor(t, "the servers of earlier tests to end", func() bool {
+		return len(goroutines(serverMethod)) == 0
+	})
+}
+
+// waitFor polls done until it reports true, for what has no event to wait
+// on, and fails the test if that takes longer than readTimeout.
+func waitFor(t *testing.T, what string, done func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(readTimeout)
+	for !done() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", readTimeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -1019,10 +1073,11 @@ func TestOrderUnderLoad(t *testing.T) {
 
 // TestIdlePeerIsOneGoroutine: once its messages are written, a peer costs the
 // server one goroutine, its read loop; the server adds one pinger in all.
+// Goroutines are told apart by their stacks, not counted against a baseline
+// that goroutines of earlier tests, still ending, would disturb.
 func TestIdlePeerIsOneGoroutine(t *testing.T) {
+	quiesce(t)
 	_, base := setupTest(t, Options{}, Events{})
-	dial(t, base, "/warm-up").quiet()
-	before := runtime.NumGoroutine()
 	const n = 20
 	clients := make([]*client, n)
 	for i := range clients {
@@ -1034,13 +1089,12 @@ func TestIdlePeerIsOneGoroutine(t *testing.T) {
 		}
 		c.quiet()
 	}
-	deadline := time.Now().Add(readTimeout)
-	for runtime.NumGoroutine() > before+n { // writers end once their queue is empty
-		if time.Now().After(deadline) {
-			t.Fatalf("%d goroutines for %d idle peers; want %d", runtime.NumGoroutine()-before, n, n)
-		}
-		time.Sleep(10 * time.Millisecond) // polling the count: there is no event to wait on
-	}
+	waitFor(t, fmt.Sprintf("%d goroutines for %d idle peers and the pinger", n+1, n), func() bool {
+		all := goroutines(serverMethod)
+		loops := goroutines(serverMethod + "serve(")
+		pinger := goroutines(serverMethod + "ping(")
+		return len(all) == n+1 && len(loops) == n && len(pinger) == 1 // writers end once done
+	})
 	for _, c := range clients {
 		c.quiet() // all still served
 	}
@@ -1704,6 +1758,13 @@ func dialRaw(t *testing.T, url string, header http.Header) *rawConn {
 // readBuffer if not 0: a client that does not read then holds little.
 func dialRawBuffer(t *testing.T, url string, header http.Header, readBuffer int) *rawConn {
 	t.Helper()
+	return dialRawEarly(t, url, header, readBuffer, nil)
+}
+
+// dialRawEarly is dialRawBuffer that sends early, frames, right behind the
+// request, in the same write.
+func dialRawEarly(t *testing.T, url string, header http.Header, readBuffer int, early []byte) *rawConn {
+	t.Helper()
 	scheme, u, _ := strings.Cut(url, "://")
 	host, path, _ := strings.Cut(u, "/")
 	conn, err := net.Dial("tcp", host)
@@ -1726,7 +1787,9 @@ func dialRawBuffer(t *testing.T, url string, header http.Header, readBuffer int)
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Sec-WebSocket-Version", "13")
 	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-	if err := req.Write(conn); err != nil {
+	var head bytes.Buffer
+	req.Write(&head)
+	if _, err := conn.Write(append(head.Bytes(), early...)); err != nil {
 		t.Fatal(err)
 	}
 	r := bufio.NewReader(conn)
@@ -1850,7 +1913,10 @@ func (c *rawConn) expectCloseThen(code int, end error) {
 	if err != nil || op != 0x8 || len(payload) < 2 || int(binary.BigEndian.Uint16(payload)) != code {
 		c.t.Fatalf("got opcode %#x %q, %v; want a close frame with status %d", op, payload, err, code)
 	}
-	c.conn.Write(clientFrame(true, 0x8, payload[:2]))
+	if _, err := c.conn.Write(clientFrame(true, 0x8, payload[:2])); err != nil && !errors.Is(err, end) {
+		c.t.Errorf("answering the close frame: %v; want the server to read it", err) // a reset
+		return
+	}
 	if op, payload, err := c.next(); err != io.EOF && !errors.Is(err, end) {
 		c.t.Errorf("after the close frame: opcode %#x %q, %v; want the connection closed (%v)", op, payload, err, end)
 	}
@@ -2158,16 +2224,17 @@ func TestCloseCodes(t *testing.T) {
 }
 
 // TestRefusedJoinsGetTheirError: a client that cannot join gets an error
-// message and a close frame with the status of the reason, even if it sends
-// a frame before it reads: the server reads to the client's close frame, so
-// that no reset can overtake them.
+// message and a close frame with the status of the reason, even if it sent
+// a frame before it read: the server reads to the client's close frame, so
+// that unread bytes do not make closing a reset, which can overtake them.
 func TestRefusedJoinsGetTheirError(t *testing.T) {
+	// More than net/http reads with the request: the rest waits in the socket.
+	early := clientFrame(true, 0x1, []byte(`{"type":"offer","signal":"`+strings.Repeat("x", 8<<10)+`"}`))
 	refused := func(t *testing.T, r *rawConn, text string, code int) {
 		t.Helper()
 		if r.status != http.StatusSwitchingProtocols {
 			t.Fatalf("status %d; want 101: the refusal comes as a message", r.status)
 		}
-		r.writeFrame(true, 0x1, []byte(`{"type":"ping"}`)) // before reading
 		if op, data, err := r.next(); err != nil || string(data) != `{"type":"error","error":"`+text+`"}` {
 			t.Fatalf("got opcode %#x %q, %v; want the error %q", op, data, err, text)
 		}
@@ -2176,12 +2243,12 @@ func TestRefusedJoinsGetTheirError(t *testing.T) {
 	t.Run("room full", func(t *testing.T) {
 		_, base := setupTest(t, Options{MaxRoomPeers: 1}, Events{})
 		dial(t, base, "/r")
-		refused(t, dialRaw(t, base+"/r", nil), "room full", 1013)
+		refused(t, dialRawEarly(t, base+"/r", nil, 0, early), "room full", 1013)
 	})
 	t.Run("server full", func(t *testing.T) {
 		_, base := setupTest(t, Options{MaxPeers: 1}, Events{})
 		dial(t, base, "/r")
-		refused(t, dialRaw(t, base+"/other", nil), "server full", 1013)
+		refused(t, dialRawEarly(t, base+"/other", nil, 0, early), "server full", 1013)
 	})
 	t.Run("server closing", func(t *testing.T) { // a handshake under way when Close begins
 		ln := &connLog{hold: make(chan struct{}), holding: make(chan struct{}, 1)}
@@ -2191,8 +2258,8 @@ func TestRefusedJoinsGetTheirError(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		fmt.Fprint(conn, "GET /r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+		conn.Write(append([]byte("GET /r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"), early...))
 		select {
 		case <-ln.holding: // the server has accepted the handshake and waits to answer it
 		case <-time.After(readTimeout):
@@ -2209,4 +2276,270 @@ func TestRefusedJoinsGetTheirError(t *testing.T) {
 		r.status = resp.StatusCode
 		refused(t, r, "server closing", 1001)
 	})
+}
+
+// TestPeerBoundFollowsMaxMessageBytes: what may wait for one peer grows with
+// MaxMessageBytes, so that a message of the largest size, here above 4 MiB,
+// reaches a peer that reads.
+func TestPeerBoundFollowsMaxMessageBytes(t *testing.T) {
+	const size = 5 << 20
+	events := make(recorder, 100)
+	_, base := setupTest(t, Options{MaxMessageBytes: size}, events.events())
+	a := dial(t, base, "/r")
+	b := dial(t, base, "/r")
+	a.expect("announce")
+	signal := bigSignal(0, size-200)
+	a.send(offerTo(b.id, signal))
+	if m := b.read(); m.Type != "offer" || string(m.Signal) != signal {
+		t.Errorf("b got %s; want a's offer of %d bytes", m.raw, len(signal))
+	}
+	b.quiet()
+	if got := events.next(t, "offer", "error"); !strings.HasPrefix(got, "offer "+a.id) {
+		t.Errorf("event %.80q; want a's offer, and no error", got)
+	}
+}
+
+// TestPeersListCountsTowardTheBound: the peers list that join queues counts
+// toward MaxQueuedBytes: a peer that never reads its list, made large here by
+// many TURN URLs, is the one dropped when a message would pass the bound.
+func TestPeersListCountsTowardTheBound(t *testing.T) {
+	var turn []string
+	for i := range 2000 { // 300 KB in each peers message
+		turn = append(turn, fmt.Sprintf("turn:turn%04d.example:3478?transport=udp&padding=%s", i, strings.Repeat("x", 100)))
+	}
+	events := make(recorder, 100)
+	_, base := setupLogged(t, Options{TURN: turn, TURNSecret: "s", MaxQueuedBytes: 400 << 10},
+		events.events(), &connLog{writeBuffer: 16 << 10})
+	a := dial(t, base, "/r") // reads its list whole
+	stalled := dialRawBuffer(t, base+"/r", nil, 16<<10)
+	a.expect("announce")
+	a.send(`{"type":"peers"}`) // 300 KB for a: with the stalled peer's list, past the bound
+	a.expect("peers")
+	if m := a.read(); m.Type != "remove" {
+		t.Errorf("a got %s; want the stalled peer removed", m.raw)
+	}
+	e := events.next(t, "error")
+	if want := " the most waiting, past the bound for all"; !strings.HasSuffix(e, want) || strings.Fields(e)[1] == a.id {
+		t.Errorf("event %q; want the stalled peer dropped for having the most waiting", e)
+	}
+	_ = stalled
+}
+
+// TestBlockingHookStopsOnlyItsPeer: while a hook blocks, nothing more is read
+// from its peer, but the others are served, and messages still reach it.
+func TestBlockingHookStopsOnlyItsPeer(t *testing.T) {
+	const block = `{"type":"offer","signal":"block"}`
+	blocked, release := make(chan string, 1), make(chan bool)
+	_, base := setupTest(t, Options{}, Events{Message: func(p *Peer, m []byte) {
+		if string(m) == block {
+			blocked <- p.ID
+			<-release
+		}
+	}})
+	a := dial(t, base, "/r")
+	b := dial(t, base, "/r")
+	a.expect("announce")
+	a.send(block)
+	select {
+	case <-blocked:
+	case <-time.After(readTimeout):
+		t.Fatal("the hook was not called")
+	}
+	a.send(`{"type":"ping"}`) // read once the hook returns
+	b.quiet()
+	b.send(`{"type":"offer","peerId":"` + a.id + `","signal":"from b"}`)
+	if m := a.read(); m.Type != "offer" || m.PeerID != b.id {
+		t.Errorf("a got %s while its hook blocked; want b's offer, and no pong yet", m.raw)
+	}
+	close(release)
+	if m := b.read(); m.raw != `{"type":"offer","peerId":"`+a.id+`","signal":"block"}` {
+		t.Errorf("b got %s; want a's offer, once the hook returned", m.raw)
+	}
+	a.expect("pong")
+}
+
+// TestHookBlockingTwoPingIntervalsDropsItsPeer: a hook that blocks for more
+// than two ping intervals gets its peer dropped as silent, as Events says:
+// Error, then Remove, once the hook returns.
+func TestHookBlockingTwoPingIntervalsDropsItsPeer(t *testing.T) {
+	const interval = 100 * time.Millisecond
+	events := make(recorder, 100)
+	hooks := events.events()
+	hooks.Message = func(p *Peer, m []byte) {
+		if string(m) == `{"type":"offer","signal":"block"}` {
+			time.Sleep(10 * interval) // a hook that blocks: the behaviour under test
+		}
+	}
+	_, base := setupTest(t, Options{PingInterval: interval}, hooks)
+	a := dial(t, base, "/r")
+	a.send(`{"type":"offer","signal":"block"}`)
+	if got, want := events.next(t, "error", "remove"), "error "+a.id+" nothing received for two ping intervals"; got != want {
+		t.Errorf("event %q; want %q", got, want)
+	}
+	if got, want := events.next(t, "remove"), "remove "+a.id; got != want {
+		t.Errorf("event %q; want %q", got, want)
+	}
+}
+
+// peeroBinary builds the command once for the tests that run it.
+var peeroBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "peero-test-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "peero")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if bin, err := peeroBinary(); err == nil {
+		os.RemoveAll(filepath.Dir(bin))
+	}
+	os.Exit(code)
+}
+
+// command returns the built peero with args, and $PORT unset.
+func command(t *testing.T, args ...string) *exec.Cmd {
+	t.Helper()
+	bin, err := peeroBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(v string) bool { return strings.HasPrefix(v, "PORT=") })
+	return cmd
+}
+
+// startPeero starts the built peero with args and returns it, with its log
+// lines and a function that waits for the line containing a text.
+func startPeero(t *testing.T, args ...string) (cmd *exec.Cmd, waitLine func(text string) string) {
+	t.Helper()
+	cmd = command(t, args...)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		r.Close()
+	})
+	lines := make(chan string, 100)
+	go func() { // ends when peero does
+		defer close(lines)
+		s := bufio.NewScanner(r)
+		for s.Scan() {
+			lines <- s.Text()
+		}
+	}()
+	waitLine = func(text string) string {
+		t.Helper()
+		timeout := time.After(readTimeout)
+		for {
+			select {
+			case line, ok := <-lines:
+				if !ok {
+					t.Fatalf("peero ended before logging %q", text)
+				}
+				if strings.Contains(line, text) {
+					return line
+				}
+			case <-timeout:
+				t.Fatalf("peero did not log %q within %v", text, readTimeout)
+			}
+		}
+	}
+	return cmd, waitLine
+}
+
+// TestUsage: -h names the command peero, not the path go run builds it at,
+// and says each default once.
+func TestUsage(t *testing.T) {
+	out, err := command(t, "-h").CombinedOutput()
+	usage := string(out)
+	if err != nil || !strings.HasPrefix(usage, "Usage of peero:\n") {
+		t.Errorf("peero -h: %v, %q; want exit 0 and \"Usage of peero:\" first", err, usage)
+	}
+	_, port, _ := strings.Cut(usage, "\n  -port ")
+	port, _, _ = strings.Cut(port, "\n  -")
+	if strings.Count(port, "default") != 1 || !strings.Contains(port, `(default "8080")`) {
+		t.Errorf("-port's help %q; want its default, \"8080\", said once", port)
+	}
+}
+
+// TestStartLineNamesTheURL: the line peero logs when it listens says where
+// to connect, and a client can.
+func TestStartLineNamesTheURL(t *testing.T) {
+	cmd, waitLine := startPeero(t, "-addr", "127.0.0.1:0")
+	line := waitLine("peero listening")
+	_, port, _ := strings.Cut(line, " port=")
+	port, _, _ = strings.Cut(port, " ")
+	url := "ws://127.0.0.1:" + port + "/ROOM"
+	if !strings.Contains(line, " url="+url) {
+		t.Errorf("start line %q; want it to say url=%s", line, url)
+	}
+	c := dial(t, strings.TrimSuffix(url, "/ROOM"), "/room")
+	c.quiet()
+	c.nextInBackground() // answers the close frame
+	cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("after an interrupt: %v; want exit 0", err)
+	}
+}
+
+// TestSecondInterruptEndsAtOnce: an interrupt while peero closes, here kept
+// busy by a client that does not answer its close frame, ends it at once:
+// the signal kills it, before Close returns.
+func TestSecondInterruptEndsAtOnce(t *testing.T) {
+	cmd, waitLine := startPeero(t, "-addr", "127.0.0.1:0")
+	_, port, _ := strings.Cut(waitLine("peero listening"), " port=")
+	port, _, _ = strings.Cut(port, " ")
+	dialPeer(t, "ws://127.0.0.1:"+port+"/r", 0) // never answers the close frame
+	waitLine("join")
+	cmd.Process.Signal(os.Interrupt)
+	waitLine("closing")
+	cmd.Process.Signal(os.Interrupt)
+	ended := make(chan error, 1)
+	go func() { ended <- cmd.Wait() }()
+	select {
+	case <-ended:
+	case <-time.After(readTimeout):
+		t.Fatal("peero still runs after a second interrupt")
+	}
+	if ws := cmd.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != syscall.SIGINT {
+		t.Errorf("peero ended with %v; want killed by the second interrupt", cmd.ProcessState)
+	}
+}
+
+// TestRunClosesWhenItCannotListen: Run on an address in use returns the
+// error, and closes the server: its pinger ends.
+func TestRunClosesWhenItCannotListen(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	srv := New(Options{Addr: ln.Addr().String()})
+	if err := srv.Run(func(string) { t.Error("ready called") }); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("Run = %v; want address in use", err)
+	}
+	ended := make(chan bool)
+	go func() {
+		srv.wg.Wait()
+		close(ended)
+	}()
+	select {
+	case <-ended:
+	case <-time.After(readTimeout):
+		t.Error("the pinger still runs after Run returned; want the server closed")
+	}
 }
