@@ -12,7 +12,7 @@ import (
 
 // checkerFlags are the settings the instances run with, given to the checker
 // too, so that it checks them through nginx.
-var checkerFlags = []string{"-ping", "1s", "-max-room-peers", "20", "-turn", "turn:127.0.0.1:3478"}
+var checkerFlags = []string{"-ping", "1s", "-max-room-peers", "20", "-turn", "turn:127.0.0.1:3478", "-resume-ttl", "2s"}
 
 const checkerSecret = "deploy-check-secret"
 

@@ -279,17 +279,19 @@ type msg struct {
 	PeerID string          `json:"peerId,omitempty"`
 	Signal json.RawMessage `json:"signal,omitempty"`
 	Error  string          `json:"error,omitempty"`
+	Resume string          `json:"resume,omitempty"`
 }
 
 // client is a hand-made WebSocket client, so that a test can tell a close
 // frame from a connection that just ended. Like a browser, it answers pings.
 type client struct {
-	t     *testing.T
-	conn  net.Conn
-	id    string
-	peers []string
-	msgs  chan msg      // text messages; closed when the connection ends
-	done  chan struct{} // closed when the connection ends
+	t      *testing.T
+	conn   net.Conn
+	id     string
+	peers  []string
+	resume string        // the resume token of the first message
+	msgs   chan msg      // text messages; closed when the connection ends
+	done   chan struct{} // closed when the connection ends
 	// gotClose says whether the server sent a close frame; read it after done.
 	gotClose bool
 	wmu      sync.Mutex // serializes writes
@@ -325,7 +327,7 @@ func dial(t *testing.T, addr, path string) (*client, error) {
 	if err != nil || first.Type != "peers" {
 		return nil, fmt.Errorf("first message %+v, %v; want peers", first, err)
 	}
-	c.id, c.peers = first.ID, first.Peers
+	c.id, c.peers, c.resume = first.ID, first.Peers, first.Resume
 	return c, nil
 }
 
