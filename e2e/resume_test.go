@@ -145,9 +145,9 @@ func TestResumeNewSecret(t *testing.T) {
 
 // TestResumeFrozenServer: the server stops answering (SIGSTOP) under two
 // connected tabs, which give up on it and on tries to join it; when it runs
-// again it reads their old connections' ends, tells the room, and takes their
-// tries late, in any order. Both tabs still end up in the room with their own
-// ids, connected to each other, and talk.
+// again it reads their old connections' ends and takes their tries, those
+// they gave up on too, in whatever order its goroutines run. Both tabs end up
+// in the room with their own ids, connected to each other, and talk.
 func TestResumeFrozenServer(t *testing.T) {
 	const opts = `{"pingInterval":300,"reconnect":{"first":100,"max":200}}`
 	ctx := setup(t)
@@ -246,7 +246,11 @@ func TestResumeRoomSawUsGo(t *testing.T) {
 	c.waitOpen(aID)
 
 	toA.hold()
-	toC.cut()
+	toC.down()
+	// Were c back before the server saw it go, c would replace its old
+	// connection and the room would hear nothing: not the case under test.
+	toA.waitHeld(t, `{"type":"remove","peerId":"`+cID+`"}`)
+	toC.up()
 	c.waitResumed(2, cID)
 	toA.release()
 
@@ -277,9 +281,12 @@ type proxy struct {
 	url    string // ws://127.0.0.1:PORT, for pages
 	server string // 127.0.0.1:PORT
 
-	mu      sync.Mutex    // guards conns and flowing
+	mu      sync.Mutex    // guards the fields below
 	conns   []net.Conn    // both ends of every connection
+	refuse  bool          // whether new connections are closed at once
 	flowing chan struct{} // closed while what the server sends flows on
+	held    []byte        // what the server sent while held
+	grew    chan struct{} // closed when held grows, and replaced
 }
 
 // startProxy starts a proxy to serverURL (ws://127.0.0.1:PORT). It stops when
@@ -290,7 +297,8 @@ func startProxy(t *testing.T, serverURL string) *proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{url: "ws://" + ln.Addr().String(), server: strings.TrimPrefix(serverURL, "ws://"), flowing: make(chan struct{})}
+	p := &proxy{url: "ws://" + ln.Addr().String(), server: strings.TrimPrefix(serverURL, "ws://"),
+		flowing: make(chan struct{}), grew: make(chan struct{})}
 	close(p.flowing)
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -300,6 +308,13 @@ func startProxy(t *testing.T, serverURL string) *proxy {
 			page, err := ln.Accept()
 			if err != nil {
 				return
+			}
+			p.mu.Lock()
+			refuse := p.refuse
+			p.mu.Unlock()
+			if refuse {
+				page.Close()
+				continue
 			}
 			server, err := net.Dial("tcp", p.server)
 			if err != nil {
@@ -317,25 +332,22 @@ func startProxy(t *testing.T, serverURL string) *proxy {
 	t.Cleanup(func() {
 		ln.Close()
 		p.release()
-		p.cut()
+		p.down()
 		wg.Wait()
 	})
 	return p
 }
 
-// copy copies from src to dst until either fails, then closes both. If held
-// is true, it waits while the proxy holds what the server sends.
-func (p *proxy) copy(dst, src net.Conn, held bool) {
+// copy copies from src to dst until either fails, then closes both. If
+// fromServer, it waits while the proxy holds what the server sends.
+func (p *proxy) copy(dst, src net.Conn, fromServer bool) {
 	defer dst.Close()
 	defer src.Close()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
-		if n > 0 && held {
-			p.mu.Lock()
-			flowing := p.flowing
-			p.mu.Unlock()
-			<-flowing
+		if n > 0 && fromServer {
+			<-p.flow(buf[:n])
 		}
 		if n > 0 {
 			if _, err := dst.Write(buf[:n]); err != nil {
@@ -348,14 +360,38 @@ func (p *proxy) copy(dst, src net.Conn, held bool) {
 	}
 }
 
-// cut closes every connection through the proxy, at both ends.
-func (p *proxy) cut() {
+// flow returns a channel that is closed when data from the server may flow
+// on; if it is held, data is added to held.
+func (p *proxy) flow(data []byte) chan struct{} {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	select {
+	case <-p.flowing:
+	default:
+		p.held = append(p.held, data...)
+		close(p.grew)
+		p.grew = make(chan struct{})
+	}
+	return p.flowing
+}
+
+// down cuts every connection through the proxy, at both ends, and closes new
+// ones at once until up.
+func (p *proxy) down() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.refuse = true
 	for _, c := range p.conns {
 		c.Close()
 	}
 	p.conns = nil
+}
+
+// up lets new connections through again.
+func (p *proxy) up() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.refuse = false
 }
 
 // hold holds up what the server sends, until release.
@@ -363,6 +399,26 @@ func (p *proxy) hold() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.flowing = make(chan struct{})
+	p.held = nil
+}
+
+// waitHeld waits up to 5 s until what the proxy holds contains text.
+func (p *proxy) waitHeld(t *testing.T, text string) {
+	t.Helper()
+	timeout := time.After(5 * time.Second)
+	for {
+		p.mu.Lock()
+		held, grew := string(p.held), p.grew
+		p.mu.Unlock()
+		if strings.Contains(held, text) {
+			return
+		}
+		select {
+		case <-grew:
+		case <-timeout:
+			t.Fatalf("the proxy holds %q; want it to hold %s", held, text)
+		}
+	}
 }
 
 // release lets what the server sends flow again, what was held first.
