@@ -60,7 +60,7 @@
 // both rejoin are never without one for longer than it takes to connect.
 //
 // Replaced. If another connection joins with our token while we are in the
-// room (our token copied to another tab, say), the server gives it our id and
+// room (someone got hold of the token), the server gives it our id and
 // closes our connection with an error that says so. peero.js then stops, as
 // after close(): every peer connection closes ("leave"), "replaced" fires,
 // and it does not reconnect, which would take the id back and start a tug of
