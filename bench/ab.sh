@@ -43,18 +43,19 @@ read -ra extra <<<"${BENCH_FLAGS:-}"
 go build -o .bin/bench . # the load generator of this checkout, whatever built .bin before
 ulimit -n "$(ulimit -Hn)"
 log=$(mktemp)
-logs=$(mktemp -d /tmp/ab-logs.XXXXXX)
+logs=$(mktemp -d /tmp/peero-bench-logs.XXXXXX)
 for round in $(seq "$rounds"); do
   for v in "$@"; do
     bin=${v##*@} envs=()
     [ "$bin" != "$v" ] && IFS=, read -ra envs <<<"${v%@*}"
     srvlog=$logs/round$round-$(tr -c 'A-Za-z0-9=.\n-' _ <<<"$v")
     env "${envs[@]}" taskset -c 0 "$bin" -port 0 2>"$srvlog" &
-    pid=$!
+    pid=$! port=
     for _ in $(seq 100); do
-      port=$(grep -o 'listening port=[0-9]*' "$srvlog" | head -1 | cut -d= -f2) && [ -n "$port" ] && break
+      port=$(grep -so 'listening port=[0-9]*' "$srvlog" | head -1 | cut -d= -f2) && [ -n "$port" ] && break
       sleep 0.1
     done
+    [ -n "$port" ] || echo "ab.sh: $v did not start listening in 10 s (its log: $srvlog)" >&2
     out=$(taskset -c 1 .bin/bench -attach "127.0.0.1:$port" -attach-pid "$pid" "${args[@]}" "${extra[@]}" -rounds 1 2>&1) || true
     line=$(grep -m1 "$pattern" <<<"$out") || line="failed: $(tail -1 <<<"$out")"
     kill "$pid"; wait "$pid" || true
