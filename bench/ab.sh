@@ -22,6 +22,8 @@
 #   (cd /tmp/old && go build -o $OLDPWD/bench/.bin/peero-old .)   # a directory with main.go, go.mod, go.sum
 #   go build -o bench/.bin/peero-new .
 #   bench/ab.sh flood 3 .bin/peero-old .bin/peero-new
+# The server gets one core, so Go runs it with GOMAXPROCS=1; GOMAXPROCS=2@BINARY gives it
+# two Ps on that core, as on a machine with more cores (the flood's drops depend on it a lot).
 # Binary paths are relative to bench/. A round takes about 12 s a variant for
 # flood and stalled, 7 s for relay and openloop.
 set -euo pipefail
