@@ -15,13 +15,17 @@
 # A VARIANT is a Peero binary, optionally preceded by environment settings
 # for it and an @: .bin/peero  GOGC=200@.bin/peero  GOGC=400,GODEBUG=x=1@.bin/old
 # BENCH_FLAGS passes flags on to the load generator, e.g. BENCH_FLAGS="-flood-for 5s -flood-readers 100".
+# Each server's log (its joins, leaves and drops with their reasons) is kept in a directory
+# named at the end.
 #
 # Example: two builds of main.go, 3 rounds of the flood, interleaved:
 #   (cd /tmp/old && go build -o $OLDPWD/bench/.bin/peero-old .)   # a directory with main.go, go.mod, go.sum
 #   go build -o bench/.bin/peero-new .
 #   bench/ab.sh flood 3 .bin/peero-old .bin/peero-new
-# Binary paths are relative to bench/. A round takes about 15 s a variant for
-# flood and stalled, 8 s for relay and openloop.
+# The server gets one core, so Go runs it with GOMAXPROCS=1; GOMAXPROCS=2@BINARY gives it
+# two Ps on that core, as on a machine with more cores (the flood's drops depend on it a lot).
+# Binary paths are relative to bench/. A round takes about 12 s a variant for
+# flood and stalled, 7 s for relay and openloop.
 set -euo pipefail
 cd "$(dirname "$0")"
 export PATH="$PATH:/usr/local/go/bin"
@@ -41,21 +45,22 @@ read -ra extra <<<"${BENCH_FLAGS:-}"
 go build -o .bin/bench . # the load generator of this checkout, whatever built .bin before
 ulimit -n "$(ulimit -Hn)"
 log=$(mktemp)
+logs=$(mktemp -d /tmp/peero-bench-logs.XXXXXX)
 for round in $(seq "$rounds"); do
   for v in "$@"; do
     bin=${v##*@} envs=()
     [ "$bin" != "$v" ] && IFS=, read -ra envs <<<"${v%@*}"
-    srvlog=$(mktemp)
+    srvlog=$logs/round$round-$(tr -c 'A-Za-z0-9=.\n-' _ <<<"$v")
     env "${envs[@]}" taskset -c 0 "$bin" -port 0 2>"$srvlog" &
-    pid=$!
+    pid=$! port=
     for _ in $(seq 100); do
-      port=$(grep -o 'listening port=[0-9]*' "$srvlog" | head -1 | cut -d= -f2) && [ -n "$port" ] && break
+      port=$(grep -so 'listening port=[0-9]*' "$srvlog" | head -1 | cut -d= -f2) && [ -n "$port" ] && break
       sleep 0.1
     done
+    [ -n "$port" ] || echo "ab.sh: $v did not start listening in 10 s (its log: $srvlog)" >&2
     out=$(taskset -c 1 .bin/bench -attach "127.0.0.1:$port" -attach-pid "$pid" "${args[@]}" "${extra[@]}" -rounds 1 2>&1) || true
     line=$(grep -m1 "$pattern" <<<"$out") || line="failed: $(tail -1 <<<"$out")"
     kill "$pid"; wait "$pid" || true
-    rm -f "$srvlog"
     echo "round $round  $v  ${line#* }" | tee -a "$log"
   done
 done
@@ -76,7 +81,10 @@ for line in open(sys.argv[1]):
 for v, figures in rows.items():
     print(v)
     for name, vs in figures.items():
+        if name == "of":  # the total a count is out of: the same every round
+            continue
         fmt = "%.0f" if all(x == int(x) for x in vs) else "%.2f"
-        print(f"  {name:18} {fmt % statistics.median(vs)} ({fmt % min(vs)}–{fmt % max(vs)})  n={len(vs)}")
+        print(f"  {name:24} {fmt % statistics.median(vs)} ({fmt % min(vs)}–{fmt % max(vs)})  n={len(vs)}")
 PY
 rm -f "$log"
+echo "server logs: $logs"

@@ -28,6 +28,9 @@ var shortTimeouts = proxyTimeouts{connect: time.Second, read: 3 * time.Second}
 
 // TestRoomMeetsOnOneInstance: the peers of one room meet on one instance,
 // whatever query strings they use, and every message works through nginx.
+// Twenty peers come with twenty query strings: were nginx to hash the query
+// string with the path ($request_uri), all twenty would land on one of the
+// three instances about once in 3^19 runs, where three would once in nine.
 func TestRoomMeetsOnOneInstance(t *testing.T) {
 	proxy, instances := cluster(t, 3, shortTimeouts)
 	a := mustDial(t, proxy, "/meet?user=a")
@@ -59,6 +62,19 @@ func TestRoomMeetsOnOneInstance(t *testing.T) {
 	a.quiet()
 	b.quiet()
 
+	const more = 17 // with a, b and c, twenty query strings
+	in := []string{a.id, b.id}
+	for i := range more {
+		d := mustDial(t, proxy, fmt.Sprintf("/meet?n=%d", i))
+		if !sameSet(d.peers, in) {
+			t.Fatalf("peer %d with its own query string joined with peers %v; want %v, the peers in the room", i, d.peers, in)
+		}
+		a.expect("announce", d.id)
+		in = append(in, d.id)
+	}
+	a.quiet()
+	waitLogged(t, instances, 3+more)
+
 	var on []string
 	for _, in := range instances {
 		if in.rooms()["/meet"] > 0 {
@@ -68,6 +84,10 @@ func TestRoomMeetsOnOneInstance(t *testing.T) {
 	if len(on) != 1 {
 		t.Errorf("room /meet joined on instances %v; want exactly one", on)
 	}
+}
+
+func sameSet(a, b []string) bool {
+	return slices.Equal(slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b)))
 }
 
 // TestRoomsSpread: 60 rooms spread over every instance.

@@ -182,9 +182,10 @@ func TestRoomsApart(t *testing.T) {
 	if n := eval[int](other, `events.filter((e) => e.type === "join").length`); n != 0 {
 		t.Errorf("the tab in room-2 saw %d peers join; want 0", n)
 	}
-	// A raw client in room-2 tries to reach a: the server refuses.
+	// A raw client in room-2 tries to reach a: the server refuses. (Not
+	// recorded: this error is the one a test wants.)
 	reply := eval[string](other, fmt.Sprintf(`new Promise((resolve) => {
-		const ws = new WebSocket(%q);
+		const ws = new NativeWebSocket(%q);
 		ws.onmessage = (e) => {
 			const m = JSON.parse(e.data);
 			if (m.type === "peers") ws.send(JSON.stringify({ type: "offer", peerId: %q, signal: { type: "offer", sdp: "" } }));
@@ -213,7 +214,7 @@ func TestTabCloses(t *testing.T) {
 	}
 	gone.waitOpen(aID)
 	gone.waitOpen(cID)
-	gone.cancel() // closes the tab
+	gone.close()
 	for _, tb := range []*tab{a, c} {
 		tb.waitFor("the closed tab's leave", fmt.Sprintf(`events.some((e) => e.type === "leave" && e.id === %q)`, goneID))
 		if peers := eval[[]string](tb, `room.peers`); len(peers) != 1 {

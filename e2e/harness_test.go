@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/chromedp/cdproto/browser"
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 	"golang.org/x/sys/unix"
 )
@@ -277,27 +278,34 @@ func (s *peeroServer) wait(timeout time.Duration) error {
 	}
 }
 
-// testPage loads the reference client with the options in its query
-// (?ws=URL&opts=JSON) and records its events, with the time they came, in
-// window.events, and the messages it exchanges with the server in
-// window.sent and window.received.
-const testPage = `<!doctype html>
-<meta charset="utf-8">
-<link rel="icon" href="data:,">
-<script src="/peero.js"></script>
-<script>
+// recorder runs in every page a tab opens, before the page's own scripts: it
+// records the messages the page's WebSockets send in window.sent and those
+// they get in window.received, so that a test can read them and check that
+// the server sent no error. A socket made with window.NativeWebSocket is not
+// recorded.
+const recorder = `
   window.sent = [];
   window.received = [];
-  window.WebSocket = class extends WebSocket {
-    constructor(url) {
-      super(url);
+  window.NativeWebSocket = WebSocket;
+  window.WebSocket = class extends NativeWebSocket {
+    constructor(...args) {
+      super(...args);
       this.addEventListener("message", (e) => received.push(JSON.parse(e.data)));
     }
     send(data) {
       sent.push(JSON.parse(data));
       super.send(data);
     }
-  };
+  };`
+
+// testPage loads the reference client with the options in its query
+// (?ws=URL&opts=JSON) and records its events, with the time they came, in
+// window.events (and, as every page, its messages: see recorder).
+const testPage = `<!doctype html>
+<meta charset="utf-8">
+<link rel="icon" href="data:,">
+<script src="/peero.js"></script>
+<script>
   window.events = [];
   const params = new URLSearchParams(location.search);
   const room = new Peero(params.get("ws"), JSON.parse(params.get("opts") || "{}"));
@@ -394,10 +402,13 @@ type tab struct {
 	name   string
 	ctx    context.Context
 	cancel context.CancelFunc
+	closed bool // by close
 }
 
 // open opens url in a new tab (the first call uses the browser's first tab)
-// and records the tab's console under name.
+// and records the tab's console under name. The page's WebSocket messages are
+// recorded (see recorder); when the test ends, or the tab is closed, the
+// test fails if the server sent the page an error.
 func (b *browserSession) open(name, url string) *tab {
 	b.t.Helper()
 	ctx, cancel := b.ctx, context.CancelFunc(func() {})
@@ -410,6 +421,15 @@ func (b *browserSession) open(name, url string) *tab {
 	}
 	b.used = true
 	tb := &tab{t: b.t, name: name, ctx: ctx, cancel: cancel}
+	params := page.AddScriptToEvaluateOnNewDocumentParams{Source: recorder}
+	if _, err := chromedp.Call(ctx, page.AddScriptToEvaluateOnNewDocument, params); err != nil {
+		b.t.Fatalf("tab %s: add the recorder: %v", name, err)
+	}
+	b.t.Cleanup(func() { // before the browser's: the tab is still there
+		if !tb.closed {
+			tb.noErrors()
+		}
+	})
 	console := chromedp.Console(ctx)
 	go func() { // ends when the tab's context ends
 		for m, err := range console {
@@ -424,6 +444,28 @@ func (b *browserSession) open(name, url string) *tab {
 		b.t.Fatalf("tab %s: open %s: %v", name, url, err)
 	}
 	return tb
+}
+
+// noErrors fails the test if the server sent the tab's page an error message:
+// no test here sends a server anything it should refuse, except through
+// window.NativeWebSocket.
+func (tb *tab) noErrors() {
+	tb.t.Helper()
+	errs, err := chromedp.Run(tb.ctx, chromedp.Evaluate[string](`JSON.stringify(received.filter((m) => m.type === "error"))`))
+	switch {
+	case err != nil:
+		tb.t.Errorf("tab %s: reading the messages it got: %v", tb.name, err)
+	case errs != "[]":
+		tb.t.Errorf("tab %s got errors from the server: %s; want none", tb.name, errs)
+	}
+}
+
+// close closes the tab, after checking that its page got no error.
+func (tb *tab) close() {
+	tb.t.Helper()
+	tb.noErrors()
+	tb.closed = true
+	tb.cancel()
 }
 
 // waitFor polls the JavaScript expression js in the tab until it is true.

@@ -256,17 +256,42 @@ func TestTURNCredentialsRefreshed(t *testing.T) {
 }
 
 // TestTURNWrongSecret: when Peero's secret is not coturn's, coturn refuses
-// the credentials (401) and relay-only tabs cannot connect.
+// the credentials (401) and relay-only tabs cannot connect. As a control, two
+// relay-only tabs of a Peero that has coturn's secret connect through the same
+// coturn meanwhile, with no ICE error; the tabs with wrong credentials must
+// still have no connection after three times as long as the control needed,
+// not merely when the 401 comes.
 func TestTURNWrongSecret(t *testing.T) {
-	_, server, pages, b := turnRoom(t, "not-"+turnSecret)
-	a, aID := b.clientTabWith("a", pages, server, "/turn-wrong", relayOnly)
-	c, cID := b.clientTabWith("c", pages, server, "/turn-wrong", relayOnly)
-	// Bounded: right credentials connect in about a second.
-	for _, x := range []struct {
+	ctx := setup(t)
+	turn := "turn:127.0.0.1:" + startTURN(t) + "?transport=udp"
+	wrong := runServer(t, []string{"PEERO_TURN_SECRET=not-" + turnSecret}, "-turn", turn)
+	right := runServer(t, []string{"PEERO_TURN_SECRET=" + turnSecret}, "-turn", turn)
+	pages := servePages(t)
+	b := newBrowser(t, ctx, pages)
+	start := time.Now()
+	a, aID := b.clientTabWith("a", pages, wrong.url, "/turn-wrong", relayOnly)
+	c, cID := b.clientTabWith("c", pages, wrong.url, "/turn-wrong", relayOnly)
+	ok1, ok1ID := b.clientTabWith("ok1", pages, right.url, "/turn-right", relayOnly)
+	ok2, ok2ID := b.clientTabWith("ok2", pages, right.url, "/turn-right", relayOnly)
+	ok1.waitRelayed(ok2ID)
+	ok2.waitRelayed(ok1ID)
+	took := time.Since(start)
+	for _, tb := range []*tab{ok1, ok2} {
+		if got := eval[string](tb, `JSON.stringify(events.filter((e) => e.type === "iceerror"))`); got != "[]" {
+			t.Errorf("tab %s, with coturn's secret: ICE errors %s; want none", tb.name, got)
+		}
+	}
+	pairs := []struct {
 		tb    *tab
 		other string
-	}{{a, cID}, {c, aID}} {
+	}{{a, cID}, {c, aID}}
+	for _, x := range pairs {
+		// Bounded: right credentials connect in about a second.
 		x.tb.waitForWithin(8*time.Second, "coturn's 401", `events.some((e) => e.type === "iceerror" && e.code === 401)`)
+	}
+	time.Sleep(time.Until(start.Add(3 * took))) // the time that passes is what is checked
+	t.Logf("the control connected %v after the tabs began; checked the tabs with wrong credentials %v after", took.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+	for _, x := range pairs {
 		if got := eval[int](x.tb, `events.filter((e) => e.type === "open" || (e.type === "state" && e.state === "connected")).length`); got != 0 {
 			t.Errorf("tab %s: %d open or connected events with wrong credentials; want 0", x.tb.name, got)
 		}
