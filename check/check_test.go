@@ -44,7 +44,8 @@ func TestMain(m *testing.M) {
 
 // settings are the real server's settings in these tests, given as flags to
 // it and to the checker; the TURN secret is in its environment.
-var settings = []string{"-max-peers", "200", "-max-room-peers", "20", "-origin", "https://ok.example", "-turn", "turn:127.0.0.1:3478"}
+var settings = []string{"-max-peers", "200", "-max-room-peers", "20", "-origin", "https://ok.example",
+	"-turn", "turn:127.0.0.1:3478", "-resume-ttl", "2s"}
 
 const turnSecret = "check-test-secret"
 
@@ -434,10 +435,12 @@ const (
 
 // frame is a WebSocket frame, unmasked; end, instead, ends the connection.
 type frame struct {
-	fin  bool
-	op   byte
-	data []byte
-	end  bool
+	fin      bool
+	rsv      byte // the reserved bits, as sent
+	op       byte
+	unmasked bool // a client frame sent unmasked: passed on so, as the client broke RFC 6455
+	data     []byte
+	end      bool
 }
 
 // change returns the frames to pass on instead of f; nil drops f.
@@ -652,12 +655,13 @@ func (s *session) clientID() string {
 func (s *session) write(dir direction, f frame) error {
 	s.wmu[dir].Lock()
 	defer s.wmu[dir].Unlock()
-	b := []byte{f.op}
+	b := []byte{f.rsv | f.op}
 	if f.fin {
 		b[0] |= 0x80
 	}
+	masked := dir == toServer && !f.unmasked
 	mask := byte(0)
-	if dir == toServer {
+	if masked {
 		mask = 0x80
 	}
 	switch n := len(f.data); {
@@ -670,7 +674,7 @@ func (s *session) write(dir direction, f frame) error {
 		b = binary.BigEndian.AppendUint64(b, uint64(n))
 	}
 	data := f.data
-	if dir == toServer {
+	if masked {
 		var key [4]byte
 		rand.Read(key[:])
 		b = append(b, key[:]...)
@@ -727,5 +731,5 @@ func readAnyFrame(r *bufio.Reader) (frame, error) {
 			data[i] ^= key[i%4]
 		}
 	}
-	return frame{fin: h[0]&0x80 != 0, op: h[0] & 0x0f, data: data}, nil
+	return frame{fin: h[0]&0x80 != 0, rsv: h[0] & 0x70, op: h[0] & 0x0f, unmasked: !masked, data: data}, nil
 }
