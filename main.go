@@ -475,36 +475,80 @@ func parse(binary bool, message []byte) (typ, peerID string, signal json.RawMess
 		return "", "", nil, errors.New("binary frames are not accepted; send JSON as text")
 	case !utf8.Valid(message):
 		return "", "", nil, errors.New("message is not valid UTF-8")
-	}
-	var fields map[string]json.RawMessage // not a struct: its keys would match in any case
-	if json.Unmarshal(message, &fields) != nil || fields == nil {
+	case !json.Valid(message) || bytes.TrimSpace(message)[0] != '{':
 		return "", "", nil, errors.New("message is not a JSON object")
 	}
-	if typ, err = jsonString(fields, "type", true); err != nil || typ == "ping" || typ == "peers" {
+	rawType, rawPeerID, signal := members(message)
+	if typ, err = jsonString(rawType, "type", true); err != nil || typ == "ping" || typ == "peers" {
 		return typ, "", nil, err
 	}
 	if typ != "offer" && typ != "answer" && typ != "candidate" {
 		return typ, "", nil, fmt.Errorf("unknown message type %q", typ)
 	}
-	if signal = fields["signal"]; signal == nil || string(signal) == "null" {
+	if signal == nil || string(signal) == "null" {
 		return typ, "", nil, fmt.Errorf("%s needs a signal", typ)
 	}
-	peerID, err = jsonString(fields, "peerId", typ != "offer")
+	peerID, err = jsonString(rawPeerID, "peerId", typ != "offer")
 	return typ, peerID, signal, err
 }
 
-// jsonString returns fields[key], a JSON string not empty, or "" if absent and not required.
-func jsonString(fields map[string]json.RawMessage, key string, required bool) (string, error) {
-	bad := fmt.Errorf("message needs %q, a string that is not empty", key)
-	raw, ok := fields[key]
-	if !ok && required {
-		return "", bad
-	}
+// jsonString returns raw, the value of the member key, as a JSON string that is not empty,
+// or "" if raw is nil (no such member) and not required.
+func jsonString(raw []byte, key string, required bool) (string, error) {
 	var s string
-	if ok && (raw[0] != '"' || json.Unmarshal(raw, &s) != nil || s == "") {
-		return "", bad
+	switch {
+	case raw == nil && !required:
+		return "", nil
+	case raw == nil || raw[0] != '"' || json.Unmarshal(raw, &s) != nil || s == "":
+		return "", fmt.Errorf("message needs %q, a string that is not empty", key)
 	}
 	return s, nil
+}
+
+// members returns the values of the members type, peerId and signal of obj, a valid JSON
+// object (of each name the last, as encoding/json takes it), or nil for those it lacks. It
+// scans obj once, where json.Unmarshal scans twice, and matches names exactly, where a struct
+// would not.
+func members(obj []byte) (typ, peerID, signal []byte) {
+	depth, start := 0, 0
+	var key []byte // the name of the member being read, quoted
+	for i := 0; i < len(obj); i++ {
+		switch c := obj[i]; {
+		case c == '"':
+			j := i
+			for i++; obj[i] != '"'; i++ {
+				if obj[i] == '\\' {
+					i++ // the escaped character
+				}
+			}
+			if depth == 1 && key == nil {
+				key = obj[j : i+1]
+			}
+		case c == ':' && depth == 1:
+			start = i + 1
+		case c == '{' || c == '[':
+			depth++
+		case c == ',' || c == '}' || c == ']':
+			if depth == 1 && key != nil { // the end of a member
+				var name string
+				json.Unmarshal(key, &name) // a valid string: obj is valid
+				value := bytes.TrimSpace(obj[start:i])
+				switch name {
+				case "type":
+					typ = value
+				case "peerId":
+					peerID = value
+				case "signal":
+					signal = value
+				}
+				key = nil
+			}
+			if c != ',' {
+				depth--
+			}
+		}
+	}
+	return typ, peerID, signal
 }
 
 // join adds p to its room and queues its peers list, which names the others it returns. If
