@@ -54,13 +54,9 @@ const (
 
 // What may wait to be sent to a peer, in frames of the largest size (MaxMessageBytes).
 const (
-	behind  = 4  // a peer with more waiting is behind: its senders wait while it reads
+	behind  = 4  // a peer with more waiting is behind: its only sender waits for it
 	tooMuch = 64 // a peer with more waiting has stopped reading: it is dropped
 )
-
-// stalled is how long a write to a peer that is behind may take before its senders stop
-// waiting for it: it may have stopped reading.
-const stalled = 50 * time.Millisecond
 
 // WebSocket framing (RFC 6455, section 5.2): the bits and opcodes Peero reads and writes.
 const (
@@ -99,8 +95,8 @@ type Options struct {
 	// 256 MiB. A message that would pass it first drops the peer with the most waiting.
 	MaxQueuedBytes int
 	// PingInterval is how often each peer is pinged (default 20s); a peer silent for two
-	// intervals is dropped. WriteTimeout bounds each write to a peer (default 10s), but for
-	// the last: once a close frame is queued, what is left must be written within a second.
+	// intervals is dropped. WriteTimeout bounds each write to a peer (default 10s, at most
+	// PingInterval); once a close frame is queued, what is left must be written in a second.
 	PingInterval, WriteTimeout time.Duration
 	// Origins lists the browser Origin values allowed (default any); a request without one
 	// (not a browser) is always allowed.
@@ -160,7 +156,7 @@ type Peer struct {
 	queue   net.Buffers    // frames waiting to be written: a header, then its payload
 	queued  atomic.Int64   // bytes in queue or being written; changed under mu, read without
 	writing bool           // p's writer runs: queue starts it, and it ends when queue is empty
-	started time.Time      // when the writer's last write started
+	from    *Peer          // the sender of all of queue, if one peer sent it all
 	writer  sync.WaitGroup // for p's writer to end, before finish closes conn
 	drained sync.Cond      // broadcast when a write ends, or p closes; throttle waits on it
 	closed  bool           // a close frame is queued, or p was dropped: nothing is queued now
@@ -191,7 +187,7 @@ func New(opts Options) *Server {
 	opts.MaxRoomPeers = cmp.Or(opts.MaxRoomPeers, 1000)
 	opts.MaxQueuedBytes = cmp.Or(opts.MaxQueuedBytes, 256<<20)
 	opts.PingInterval = cmp.Or(opts.PingInterval, 20*time.Second)
-	opts.WriteTimeout = cmp.Or(opts.WriteTimeout, 10*time.Second)
+	opts.WriteTimeout = min(cmp.Or(opts.WriteTimeout, 10*time.Second), opts.PingInterval)
 	opts.TURNTTL = cmp.Or(opts.TURNTTL, 24*time.Hour)
 	opts.Secret = cmp.Or(opts.Secret, rand.Text())
 	opts.ResumeTTL = cmp.Or(opts.ResumeTTL, 24*time.Hour)
@@ -280,7 +276,7 @@ func (s *Server) start(p *Peer) {
 		s.Events.Peers(p, peerIDs(others, nil))
 	}
 	if replaced == nil { // else p's id never left the room
-		s.sendAll(others, nil, text(`{"type":"announce","peerId":"`+p.ID+`"}`)) // no escaping
+		s.sendAll(p, others, text(`{"type":"announce","peerId":"`+p.ID+`"}`)) // no escaping
 		if s.Events.Announce != nil {
 			s.Events.Announce(p)
 		}
@@ -305,7 +301,7 @@ func (s *Server) serve(p *Peer) {
 	p.mu.Lock()
 	fault := p.fault
 	p.mu.Unlock()
-	s.sendAll(s.leave(p), nil, text(`{"type":"remove","peerId":"`+p.ID+`"}`))
+	s.sendAll(p, s.leave(p), text(`{"type":"remove","peerId":"`+p.ID+`"}`))
 	if fault != nil && s.Events.Error != nil {
 		s.Events.Error(fault, p)
 	}
@@ -338,7 +334,7 @@ func (s *Server) read(p *Peer) error {
 		switch {
 		case closed: // waiting for the client's close frame
 		case op == opPing:
-			s.send(p, frame(opPong, payload))
+			s.send(p, frame(opPong, payload), nil)
 		case op == opPong: // a sign of life, stored above
 		case op == opContinuation && fragmented == 0:
 			return &closeError{closeProtocolError, "reserved WebSocket opcode"}
@@ -431,12 +427,12 @@ func (s *Server) handle(p *Peer, binary bool, message []byte) {
 	typ, peerID, signal, err := parse(binary, message)
 	switch {
 	case err != nil:
-		s.send(p, text(errorMessage(err.Error())))
+		s.send(p, text(errorMessage(err.Error())), nil)
 	case typ == "ping":
-		s.send(p, text(`{"type":"pong"}`))
+		s.send(p, text(`{"type":"pong"}`), nil)
 	case typ == "peers":
 		ids := peerIDs(s.room(p.Room), p)
-		s.send(p, text(s.peersMessage(p, ids)))
+		s.send(p, text(s.peersMessage(p, ids)), nil)
 		if s.Events.Peers != nil {
 			s.Events.Peers(p, ids)
 		}
@@ -452,12 +448,12 @@ func (s *Server) relay(p *Peer, typ, peerID string, signal json.RawMessage) {
 	if peerID != "" {
 		i := slices.IndexFunc(to, func(o *Peer) bool { return o.ID == peerID && o != p })
 		if i < 0 {
-			s.send(p, text(errorMessage(fmt.Sprintf("no peer %q in this room", peerID))))
+			s.send(p, text(errorMessage(fmt.Sprintf("no peer %q in this room", peerID))), nil)
 			return
 		}
 		to = to[i : i+1]
 	}
-	s.sendAll(to, p, text(relayed(typ, p.ID, signal)))
+	s.sendAll(p, to, text(relayed(typ, p.ID, signal)))
 	s.throttle(p, to)
 	if typ == "offer" && s.Events.Offer != nil {
 		s.Events.Offer(p, signal)
@@ -574,7 +570,7 @@ func (s *Server) join(p *Peer) (others []*Peer, replaced *Peer, refused *closeEr
 	s.count++
 	s.wg.Add(1) // under mu, so that Close cannot begin waiting first
 	p.mu.Lock() // queued before s.mu is released: nothing can come before p's peers list
-	s.queue(p, text(s.peersMessage(p, peerIDs(others, nil))))
+	s.queue(p, text(s.peersMessage(p, peerIDs(others, nil))), nil)
 	p.mu.Unlock()
 	return others, replaced, nil
 }
@@ -611,10 +607,11 @@ func (s *Server) peers() []*Peer {
 	return slices.Concat(slices.Collect(maps.Values(s.rooms))...)
 }
 
-func (s *Server) sendAll(peers []*Peer, except *Peer, f net.Buffers) {
-	for _, p := range peers {
-		if p != except {
-			s.send(p, f)
+// sendAll sends f from one peer to others, except to itself.
+func (s *Server) sendAll(from *Peer, others []*Peer, f net.Buffers) {
+	for _, p := range others {
+		if p != from {
+			s.send(p, f, from)
 		}
 	}
 }
@@ -622,7 +619,7 @@ func (s *Server) sendAll(peers []*Peer, except *Peer, f net.Buffers) {
 // send queues frame f for p. It never waits on I/O: a peer with too much waiting is dropped,
 // and so is the one with the most waiting when what waits for all would pass MaxQueuedBytes.
 // (Senders at once to a peer near its bound may each pass it by a frame: it is read unlocked.)
-func (s *Server) send(p *Peer, f net.Buffers) {
+func (s *Server) send(p *Peer, f net.Buffers, from *Peer) {
 	n := size(f)
 	if s.queued.Load()+n > int64(s.opts.MaxQueuedBytes) {
 		s.evict(n)
@@ -632,15 +629,20 @@ func (s *Server) send(p *Peer, f net.Buffers) {
 		return
 	}
 	p.mu.Lock()
-	s.queue(p, f)
+	s.queue(p, f, from)
 	p.mu.Unlock()
 }
 
 // queue puts f after p's other frames, unless p is closed, and starts p's writer if none
 // runs. p.mu is held.
-func (s *Server) queue(p *Peer, f net.Buffers) {
+func (s *Server) queue(p *Peer, f net.Buffers, from *Peer) {
 	if p.closed {
 		return
+	}
+	if len(p.queue) == 0 {
+		p.from = from
+	} else if p.from != from {
+		p.from = nil
 	}
 	p.queue = append(p.queue, f...)
 	s.account(p, size(f))
@@ -665,9 +667,8 @@ func (s *Server) write(p *Peer) {
 			p.mu.Unlock()
 			return
 		}
-		p.started = time.Now()
 		if !p.closed { // once it is, close or drop has set the deadline for the rest
-			p.conn.SetWriteDeadline(p.started.Add(s.opts.WriteTimeout))
+			p.conn.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
 		}
 		p.mu.Unlock()
 		n := size(batch)
@@ -685,21 +686,17 @@ func (s *Server) write(p *Peer) {
 }
 
 // throttle stops the read loop of p, the sender of a message to peers, while one of them is
-// behind and reading, so that a flood's cost falls on the peer that floods, not on those that
-// read it. A peer whose write in progress has stalled is not waited on: it may have stopped
-// reading, and is dropped once it has too much waiting.
+// behind with only p's messages waiting (past the write in progress): the cost of a flood
+// falls on the peer that floods, not on those that read it. A peer behind with several
+// senders' messages waiting is not waited for: it may have stopped reading, and is dropped
+// once it has too much waiting. One that holds p up is dropped if a write takes too long.
 func (s *Server) throttle(p *Peer, peers []*Peer) {
 	limit := behind * int64(s.opts.MaxMessageBytes)
 	for _, o := range peers {
 		o.mu.Lock()
-		for o != p && o.queued.Load() > limit && !o.closed && time.Since(o.started) < stalled {
-			wake := time.AfterFunc(stalled-time.Since(o.started), func() {
-				o.mu.Lock() // so that the wake-up cannot come before Wait
-				o.drained.Broadcast()
-				o.mu.Unlock()
-			})
+		for o != p && o.from == p && o.queued.Load() > limit && !o.closed {
+			p.lastSeen.Store(int64(time.Since(epoch))) // not silent: it is p that is not read
 			o.drained.Wait()
-			wake.Stop()
 		}
 		o.mu.Unlock()
 	}
@@ -716,9 +713,9 @@ func (s *Server) close(p *Peer, code int, final []byte, fault error) {
 		return
 	}
 	if final != nil {
-		s.queue(p, text(final))
+		s.queue(p, text(final), nil)
 	}
-	s.queue(p, frame(opClose, binary.BigEndian.AppendUint16(nil, uint16(code))))
+	s.queue(p, frame(opClose, binary.BigEndian.AppendUint16(nil, uint16(code))), nil)
 	p.closed = true // after the close frame is queued: nothing is after it
 	p.fault = fault
 	p.drained.Broadcast()
@@ -796,7 +793,7 @@ func (s *Server) ping() {
 					s.drop(p, errors.New("nothing received for two ping intervals"))
 					continue
 				}
-				s.send(p, frame(opPing, nil))
+				s.send(p, frame(opPing, nil), nil)
 				runtime.Gosched() // let its writer end: 10,000 at once would each hold a stack
 			}
 		}
