@@ -927,7 +927,10 @@ func peerIDs(peers []*Peer, except *Peer) []string {
 }
 
 func main() {
-	flag.CommandLine.Init("peero", flag.ExitOnError) // not the path where go run builds it
+	flag.Usage = func() { // not "Usage of" the path where go run built the program
+		fmt.Fprintln(flag.CommandLine.Output(), "Usage of peero:")
+		flag.PrintDefaults()
+	}
 	addr := flag.String("addr", "", "`host:port` to listen on (default every interface, at -port)")
 	port := flag.String("port", cmp.Or(os.Getenv("PORT"), "8080"), "TCP port; $PORT if set")
 	ping := flag.Duration("ping", 20*time.Second, "ping interval; a peer silent for two is dropped")
