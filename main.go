@@ -114,11 +114,11 @@ type Options struct {
 }
 
 // Events lets a program watch the server, like the Node.js Peero's events. Any hook may be
-// nil. Hooks run without the server's lock, one at a time for each peer, on the goroutine that
-// serves the peer whose doing they report (the sender, for Offer and Answer): Connection,
-// Peers and Announce of p before the hooks for what p sends. While a hook runs nothing more
-// is read from that peer, and one that blocks for two ping intervals gets it dropped as
-// silent: hand slow work to a goroutine of your own. Hooks must not call Close.
+// nil. Hooks run without the server's lock, on the goroutine that serves the peer whose doing
+// they report (the sender, for Offer and Answer), so that the hooks of what one peer does come
+// in order: Connection, Peers and Announce of p before those for what p sends. While a hook
+// runs nothing more is read from that peer, and one that blocks for two ping intervals gets
+// it dropped as silent: hand slow work to a goroutine of your own. Hooks must not call Close.
 type Events struct {
 	// Connection is called when p has joined its room and its peers list is queued. If p
 	// resumed the id of a peer the server still held, p took that peer's place: the room is
@@ -222,8 +222,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Not websocket.Handler, which refuses file:// pages. No subprotocol: Peero has none.
 		none := func(c *websocket.Config, _ *http.Request) error { c.Protocol = nil; return nil }
 		handled := false
-		start := func(*websocket.Conn) { handled = true; s.start(p) }
-		websocket.Server{Handshake: none, Handler: start}.ServeHTTP(hijacker{w, p}, r)
+		handler := func(*websocket.Conn) { handled = true; s.start(p) }
+		websocket.Server{Handshake: none, Handler: handler}.ServeHTTP(hijacker{w, p}, r)
 		if p.conn != nil && !handled { // x/net refused the handshake, and keepOpen kept it
 			p.conn.Close()
 		}
