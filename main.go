@@ -54,7 +54,7 @@ const (
 
 // What may wait to be sent to a peer, in frames of the largest size (MaxMessageBytes).
 const (
-	behind  = 4  // a peer with more waiting is behind: its only sender waits for it
+	behind  = 4  // a peer with more queued behind its write is behind: its sole sender waits
 	tooMuch = 64 // a peer with more waiting has stopped reading: it is dropped
 )
 
@@ -676,7 +676,9 @@ func (s *Server) write(p *Peer) {
 		// writes in between, so frames stay whole.
 		_, err := batch.WriteTo(p.conn)
 		p.mu.Lock()
-		s.account(p, -n)
+		if !p.dropped { // else drop counted it out
+			s.account(p, -n)
+		}
 		p.drained.Broadcast()
 		p.mu.Unlock()
 		if err != nil {
@@ -686,15 +688,15 @@ func (s *Server) write(p *Peer) {
 }
 
 // throttle stops the read loop of p, the sender of a message to peers, while one of them is
-// behind with only p's messages waiting (past the write in progress): the cost of a flood
-// falls on the peer that floods, not on those that read it. A peer behind with several
+// behind with p's messages, and only p's, waiting for the write in progress: the cost of a
+// flood falls on the peer that floods, not on those that read it. A peer behind with several
 // senders' messages waiting is not waited for: it may have stopped reading, and is dropped
 // once it has too much waiting. One that holds p up is dropped if a write takes too long.
 func (s *Server) throttle(p *Peer, peers []*Peer) {
 	limit := behind * int64(s.opts.MaxMessageBytes)
 	for _, o := range peers {
 		o.mu.Lock()
-		for o != p && o.from == p && o.queued.Load() > limit && !o.closed {
+		for o != p && o.from == p && size(o.queue) > limit && !o.closed {
 			p.lastSeen.Store(int64(time.Since(epoch))) // not silent: it is p that is not read
 			o.drained.Wait()
 		}
@@ -738,16 +740,15 @@ func (s *Server) drop(p *Peer, reason error) bool {
 	p.closed = true
 	p.dropped = true
 	p.drained.Broadcast()
-	s.account(p, -size(p.queue)) // what is being written leaves the count when the write fails
+	s.account(p, -p.queued.Load()) // what is being written too: evict passes p over at once
 	p.queue = nil
 	p.conn.SetDeadline(time.Now()) // not I/O: it fails a write in progress, and wakes the read
 	return true
 }
 
 // evict drops the peers with the most waiting, one at a time, until what waits for all peers
-// leaves room for need more, or the one with the most has been dropped already: its write is
-// failing, and its bytes leave the count when it has. Evictions take turns under s.mu, so
-// that senders over the bound at once drop as many peers as they need, not one each.
+// leaves room for need more. Evictions take turns under s.mu, so that senders over the bound
+// at once drop as many peers as they need, not one each.
 func (s *Server) evict(need int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -760,9 +761,10 @@ func (s *Server) evict(need int64) {
 				}
 			}
 		}
-		if most == nil || !s.drop(most, errors.New("the most waiting, past the bound for all")) {
+		if most == nil || most.queued.Load() == 0 { // what waits is for peers that have left
 			return
 		}
+		s.drop(most, errors.New("the most waiting, past the bound for all"))
 	}
 }
 
