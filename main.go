@@ -156,9 +156,9 @@ type Peer struct {
 	queue   net.Buffers    // frames waiting to be written: a header, then its payload
 	queued  atomic.Int64   // bytes in queue or being written; changed under mu, read without
 	writing bool           // p's writer runs: queue starts it, and it ends when queue is empty
-	from    *Peer          // the sender of all of queue, if one peer sent it all
+	from    *Peer          // whose relayed messages are in queue: one peer's, several, or none
 	writer  sync.WaitGroup // for p's writer to end, before finish closes conn
-	drained sync.Cond      // broadcast when a write ends, or p closes; throttle waits on it
+	drained sync.Cond      // broadcast when queue is taken or mixed, or p closes: for throttle
 	closed  bool           // a close frame is queued, or p was dropped: nothing is queued now
 	dropped bool           // p was cut off: what waited was discarded, and nothing is written
 	fault   error          // why p was dropped, or what was wrong with its frames
@@ -276,7 +276,7 @@ func (s *Server) start(p *Peer) {
 		s.Events.Peers(p, peerIDs(others, nil))
 	}
 	if replaced == nil { // else p's id never left the room
-		s.sendAll(p, others, text(`{"type":"announce","peerId":"`+p.ID+`"}`)) // no escaping
+		s.sendAll(nil, others, text(`{"type":"announce","peerId":"`+p.ID+`"}`)) // no escaping
 		if s.Events.Announce != nil {
 			s.Events.Announce(p)
 		}
@@ -301,7 +301,7 @@ func (s *Server) serve(p *Peer) {
 	p.mu.Lock()
 	fault := p.fault
 	p.mu.Unlock()
-	s.sendAll(p, s.leave(p), text(`{"type":"remove","peerId":"`+p.ID+`"}`))
+	s.sendAll(nil, s.leave(p), text(`{"type":"remove","peerId":"`+p.ID+`"}`))
 	if fault != nil && s.Events.Error != nil {
 		s.Events.Error(fault, p)
 	}
@@ -607,9 +607,9 @@ func (s *Server) peers() []*Peer {
 	return slices.Concat(slices.Collect(maps.Values(s.rooms))...)
 }
 
-// sendAll sends f from one peer to others, except to itself.
-func (s *Server) sendAll(from *Peer, others []*Peer, f net.Buffers) {
-	for _, p := range others {
+// sendAll sends f to peers but from, the peer that sent it, if it is relayed.
+func (s *Server) sendAll(from *Peer, peers []*Peer, f net.Buffers) {
+	for _, p := range peers {
 		if p != from {
 			s.send(p, f, from)
 		}
@@ -639,10 +639,13 @@ func (s *Server) queue(p *Peer, f net.Buffers, from *Peer) {
 	if p.closed {
 		return
 	}
-	if len(p.queue) == 0 {
+	switch {
+	case from == nil || from == p.from: // the server's own frames, or more of the same
+	case p.from == nil:
 		p.from = from
-	} else if p.from != from {
-		p.from = nil
+	default:
+		p.from = several
+		p.drained.Broadcast() // a sender that throttle holds for p is no longer the only one
 	}
 	p.queue = append(p.queue, f...)
 	s.account(p, size(f))
@@ -667,7 +670,9 @@ func (s *Server) write(p *Peer) {
 			p.mu.Unlock()
 			return
 		}
-		if !p.closed { // once it is, close or drop has set the deadline for the rest
+		p.from = nil
+		p.drained.Broadcast() // nothing waits behind the write now: throttle lets senders go
+		if !p.closed {        // once it is, close or drop has set the deadline for the rest
 			p.conn.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
 		}
 		p.mu.Unlock()
@@ -679,7 +684,6 @@ func (s *Server) write(p *Peer) {
 		if !p.dropped { // else drop counted it out
 			s.account(p, -n)
 		}
-		p.drained.Broadcast()
 		p.mu.Unlock()
 		if err != nil {
 			s.drop(p, fmt.Errorf("send to %s: %w", p.ID, err))
@@ -834,6 +838,8 @@ func (s *Server) Close() error {
 }
 
 var epoch = time.Now() // for lastSeen: time.Since(epoch) is monotonic, unlike the wall clock
+
+var several = new(Peer) // Peer.from when the messages of more than one peer wait
 
 // frame is a server frame (final, unmasked) of opcode op holding payload, as two buffers, the
 // header and the payload, so that one payload serves every peer it is sent to.
