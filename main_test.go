@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path"
@@ -183,14 +184,16 @@ type msg struct {
 	PeerID string          `json:"peerId"`
 	Signal json.RawMessage `json:"signal"`
 	Error  string          `json:"error"`
+	Resume string          `json:"resume"`
 	raw    string
 }
 
 type client struct {
-	t     testing.TB
-	conn  *websocket.Conn
-	id    string   // from the first peers message
-	peers []string // from the first peers message
+	t      testing.TB
+	conn   *websocket.Conn
+	id     string   // from the first peers message
+	peers  []string // from the first peers message
+	resume string   // from the first peers message: the token that gives id back
 }
 
 // dial connects a client to base+path and reads its first message, which must be peers.
@@ -206,7 +209,7 @@ func dial(t testing.TB, base, path string) *client {
 	if m.Type != "peers" || m.ID == "" || m.Peers == nil {
 		t.Fatalf("first message = %s; want peers with id and a list", m.raw)
 	}
-	c.id, c.peers = m.ID, m.Peers
+	c.id, c.peers, c.resume = m.ID, m.Peers, m.Resume
 	return c
 }
 
@@ -2131,6 +2134,7 @@ type rawConn struct {
 	status int
 	header http.Header // of the response
 	id     string      // from the first peers message, if read with dialPeer
+	resume string      // and its resume token
 	read   int64       // bytes of the frames read
 }
 
@@ -2198,7 +2202,7 @@ func dialPeer(t *testing.T, url string, readBuffer int) *rawConn {
 	if json.Unmarshal(data, &m); op != 0x1 || m.Type != "peers" || m.ID == "" {
 		t.Fatalf("first frame: opcode %#x %s; want a peers message", op, data)
 	}
-	c.id = m.ID
+	c.id, c.resume = m.ID, m.Resume
 	return c
 }
 
@@ -3017,5 +3021,101 @@ func TestEventsOfARoom(t *testing.T) {
 	slices.Sort(wantRemoved)
 	if !slices.Equal(removed, wantRemoved) {
 		t.Errorf("removed %q on Close; want a and c, once each (b was removed before)", removed)
+	}
+}
+
+// TestResumeKeepsTheID: a peer that comes back to its room with the resume
+// token of its last peers message gets its id back; the room, which saw it
+// leave, is told it arrived, and messages to the id reach it.
+func TestResumeKeepsTheID(t *testing.T) {
+	_, base := setupTest(t, Options{}, Events{})
+	a := dial(t, base, "/r")
+	b := dial(t, base, "/r")
+	a.expect("announce")
+	b.conn.Close()
+	a.expect("remove")
+	c := dial(t, base, "/r?resume="+url.QueryEscape(b.resume))
+	if c.id != b.id || !slices.Equal(c.peers, []string{a.id}) {
+		t.Fatalf("back with its token: id %s, peers %v; want %s, [%s]", c.id, c.peers, b.id, a.id)
+	}
+	if m := a.expect("announce"); m.PeerID != b.id {
+		t.Errorf("announce of %s; want %s", m.PeerID, b.id)
+	}
+	a.send(`{"type":"offer","peerId":"` + b.id + `","signal":1}`)
+	if m := c.expect("offer"); m.PeerID != a.id {
+		t.Errorf("offer from %s; want %s", m.PeerID, a.id)
+	}
+}
+
+// TestResumeReplacesTheOldConnection: a token used while its peer is still
+// connected (a half-open connection, as the server sees it) moves the id to
+// the new connection: the old one gets an error and a close frame (1000), the
+// room is told nothing, and the events say Connection for the new peer and
+// Remove for the old one, with no Announce and no Error.
+func TestResumeReplacesTheOldConnection(t *testing.T) {
+	events := make(recorder, 100)
+	_, base := setupTest(t, Options{}, events.events())
+	a := dial(t, base, "/r")
+	old := dialPeer(t, base+"/r", 0)
+	a.expect("announce")
+	for events.next(t, "announce") != "announce "+old.id { // a's comes first
+	}
+	c := dial(t, base, "/r?resume="+url.QueryEscape(old.resume))
+	if c.id != old.id || !slices.Equal(c.peers, []string{a.id}) {
+		t.Fatalf("with a token in use: id %s, peers %v; want %s, [%s]", c.id, c.peers, old.id, a.id)
+	}
+	op, data := old.readFrame()
+	if want := `{"type":"error","error":"replaced: this id connected again"}`; op != 0x1 || string(data) != want {
+		t.Errorf("the old connection got opcode %#x %s; want %s", op, data, want)
+	}
+	old.expectClose(1000)
+	a.quiet() // no remove, no announce: the id never left
+	a.send(`{"type":"offer","peerId":"` + old.id + `","signal":1}`)
+	if m := c.expect("offer"); m.PeerID != a.id {
+		t.Errorf("offer from %s; want %s", m.PeerID, a.id)
+	}
+	for _, want := range []string{"connection " + c.id + " /r", "remove " + old.id} {
+		if got := events.next(t, "connection", "remove", "announce", "error"); got != want {
+			t.Errorf("event %q; want %q", got, want)
+		}
+	}
+	c.quiet() // the hooks of c's ping come after those of its joining, and of a's offer
+	for len(events) > 0 {
+		if e := <-events; strings.HasPrefix(e, "announce") || strings.HasPrefix(e, "error") {
+			t.Errorf("event %q; want none for a replacement", e)
+		}
+	}
+}
+
+// TestResumeRefusesOtherTokens: a token that was changed, comes from another
+// room, has expired, or was signed with another secret gets a new id, as no
+// token does; so does a validly signed one whose id is not one the server
+// could have given. A server with the same secret (a restart, or another
+// instance) gives the id back.
+func TestResumeRefusesOtherTokens(t *testing.T) {
+	srv, base := setupTest(t, Options{Secret: "north"}, Events{})
+	_, sameSecret := setupTest(t, Options{Secret: "north"}, Events{})
+	_, otherSecret := setupTest(t, Options{Secret: "south"}, Events{})
+	a := dial(t, base, "/r")
+	id, rest, _ := strings.Cut(a.resume, ".")
+	expiry, _, _ := strings.Cut(rest, ".")
+	past := fmt.Sprint(time.Now().Add(-time.Second).Unix())
+	changed := []byte(a.resume)
+	changed[len(changed)-1] ^= 1
+	forged := `A","type":"offer`
+	for _, tt := range []struct{ name, base, room, token string }{
+		{"changed", base, "/r", string(changed)},
+		{"from another room", base, "/s", a.resume},
+		{"expired", base, "/r", id + "." + past + "." + srv.sign(id, past, "/r")},
+		{"signed with another secret", otherSecret, "/r", a.resume},
+		{"an id the server could not give", base, "/r", forged + "." + expiry + "." + srv.sign(forged, expiry, "/r")},
+		{"not a token", base, "/r", "nonsense"},
+	} {
+		if c := dial(t, tt.base, tt.room+"?resume="+url.QueryEscape(tt.token)); c.id == id || len(c.id) != 26 {
+			t.Errorf("%s: id %q; want a new one", tt.name, c.id)
+		}
+	}
+	if c := dial(t, sameSecret, "/r?resume="+url.QueryEscape(a.resume)); c.id != id {
+		t.Errorf("a server with the same secret: id %s; want %s", c.id, id)
 	}
 }
