@@ -345,9 +345,11 @@ func (s *Server) read(p *Peer) error {
 		default: // text or binary: readFrame refuses the rest
 			s.handle(p, op == opBinary, payload)
 		}
-		if fin {
+		switch {
+		case op >= opClose: // a control frame may come between fragments
+		case fin:
 			fragmented = 0
-		} else if op != opContinuation {
+		case op != opContinuation:
 			fragmented = op
 		}
 	}

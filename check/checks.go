@@ -703,6 +703,12 @@ func frameInvalid(t *T) {
 		{"a ping frame of 126 bytes", "control frame fragmented or too long; closing", func(c *conn) error {
 			return c.writeFrame(true, opPing, bytes.Repeat([]byte("x"), 126))
 		}},
+		{"a text frame while a fragmented message was not done", "a new message inside a fragmented one; closing", func(c *conn) error {
+			c.writeFrame(false, opText, ping) // a fragment is taken as a message: a ping
+			c.writeFrame(true, opPing, []byte("between fragments"))
+			c.expect("pong", "", c.name+" sent a ping as the first fragment of a message, then a ping frame")
+			return c.writeFrame(true, opText, ping)
+		}},
 	} {
 		c := t.join("/r")
 		a.expect("announce", c.id, c.name+" joined")
