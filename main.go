@@ -400,24 +400,30 @@ func readFrame(r *bufio.Reader, limit int) (fin bool, op byte, payload []byte, e
 	if _, err := io.ReadFull(r, payload); err != nil {
 		return false, 0, nil, err
 	}
-	reserved := op > opBinary && op < opClose || op > opPong
-	switch { // refused once read whole, so that the next read starts at a frame
-	case !masked:
-		err = &closeError{closeProtocolError, "unmasked frame"}
-	case head[0]&rsvBits != 0:
-		err = &closeError{closeProtocolError, "reserved bits set, with no extension"}
-	case reserved:
-		err = &closeError{closeProtocolError, "reserved WebSocket opcode"}
-	case op >= opClose && (!fin || n > maxControl):
-		err = &closeError{closeProtocolError, "control frame fragmented or too long"}
-	}
-	if err != nil {
+	if err := fault(head, n); err != nil { // once read whole: the next read starts at a frame
 		return false, 0, nil, err
 	}
 	for i := range payload {
 		payload[i] ^= key[i%4]
 	}
 	return fin, op, payload, nil
+}
+
+// fault returns what is wrong with a frame, of header head and payload length n, that RFC
+// 6455 says fails the connection, or nil.
+func fault(head [2]byte, n uint64) error {
+	fin, op := head[0]&finBit != 0, head[0]&0x0f
+	switch {
+	case head[1]&maskBit == 0:
+		return &closeError{closeProtocolError, "unmasked frame"}
+	case head[0]&rsvBits != 0:
+		return &closeError{closeProtocolError, "reserved bits set, with no extension"}
+	case op > opBinary && op < opClose || op > opPong:
+		return &closeError{closeProtocolError, "reserved WebSocket opcode"}
+	case op >= opClose && (!fin || n > maxControl):
+		return &closeError{closeProtocolError, "control frame fragmented or too long"}
+	}
+	return nil
 }
 
 // handle acts on one message from p: it replies to ping, peers and mistakes, and relays
