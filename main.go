@@ -49,6 +49,7 @@ const (
 	maxHeader    = 12 << 10    // request head bytes for Run; net/http adds 4 KiB; browsers: 1-2
 	maxURI       = 1024        // the room is kept while the peer is, and logged
 	readBuffer   = 2 << 10     // per peer: one read takes in a typical signal, header and all
+	sendBuffer   = 64 << 10    // per peer, in the kernel: see Hijack
 	closeTimeout = time.Second // to write what is left and the close frame, then read the reply
 )
 
@@ -246,6 +247,11 @@ func (h hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	early, _ := rw.Reader.Peek(rw.Reader.Buffered()) // frames sent right behind the request
 	h.p.conn = conn
 	h.p.in = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(early), conn), readBuffer)
+	if tcp, ok := conn.(*net.TCPConn); ok {
+		// Else the kernel lets each peer that stops reading hold up to 4 MiB (tcp_wmem):
+		// for 290 of them 1 GiB, which the server spent seconds filling, everyone waiting.
+		tcp.SetWriteBuffer(sendBuffer)
+	}
 	return keepOpen{conn}, rw, nil
 }
 
