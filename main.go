@@ -932,6 +932,7 @@ func turnCredential(secret, username string) string {
 	return base64.StdEncoding.EncodeToString(mac.Sum(nil))
 }
 
+// errorMessage is {"type":"error","error":TEXT}, TEXT quoted as JSON.
 func errorMessage(text string) []byte {
 	quoted, _ := json.Marshal(text)
 	return []byte(`{"type":"error","error":` + string(quoted) + `}`)
