@@ -281,11 +281,8 @@ func (s *Server) start(p *Peer) {
 	if s.Events.Peers != nil {
 		s.Events.Peers(p, peerIDs(others, nil))
 	}
-	if replaced == nil { // else p's id never left the room
-		s.sendAll(nil, others, text(`{"type":"announce","peerId":"`+p.ID+`"}`)) // no escaping
-		if s.Events.Announce != nil {
-			s.Events.Announce(p)
-		}
+	if replaced == nil && s.Events.Announce != nil { // else p's id never left the room
+		s.Events.Announce(p)
 	}
 	go s.serve(p)
 }
@@ -307,7 +304,7 @@ func (s *Server) serve(p *Peer) {
 	p.mu.Lock()
 	fault := p.fault
 	p.mu.Unlock()
-	s.sendAll(nil, s.leave(p), text(`{"type":"remove","peerId":"`+p.ID+`"}`))
+	s.leave(p)
 	if fault != nil && s.Events.Error != nil {
 		s.Events.Error(fault, p)
 	}
@@ -459,6 +456,9 @@ func (s *Server) handle(p *Peer, binary bool, message []byte) {
 // without one to all of p's room, with p as the sender.
 func (s *Server) relay(p *Peer, typ, peerID string, signal json.RawMessage) {
 	to := s.room(p.Room)
+	if !slices.Contains(to, p) { // replaced by a peer that resumed its id, while p's read went on
+		return
+	}
 	if peerID != "" {
 		i := slices.IndexFunc(to, func(o *Peer) bool { return o.ID == peerID && o != p })
 		if i < 0 {
@@ -467,7 +467,12 @@ func (s *Server) relay(p *Peer, typ, peerID string, signal json.RawMessage) {
 		}
 		to = to[i : i+1]
 	}
-	s.sendAll(p, to, text(relayed(typ, p.ID, signal)))
+	f := text(relayed(typ, p.ID, signal))
+	for _, o := range to {
+		if o != p {
+			s.send(o, f, p)
+		}
+	}
 	s.throttle(p, to)
 	if typ == "offer" && s.Events.Offer != nil {
 		s.Events.Offer(p, signal)
@@ -561,8 +566,9 @@ func members(obj []byte) (typ, peerID, signal []byte) {
 	return typ, peerID, signal
 }
 
-// join adds p to its room and queues its peers list, which names the others it returns. If
-// p resumed the id of a peer still in the room, p takes its place: join returns that peer.
+// join adds p to its room, queues its peers list, which names the others it returns, and
+// tells them p joined. If p resumed the id of a peer still in the room, p takes its place
+// unannounced: join returns that peer.
 func (s *Server) join(p *Peer) (others []*Peer, replaced *Peer, refused *closeError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -583,20 +589,22 @@ func (s *Server) join(p *Peer) (others []*Peer, replaced *Peer, refused *closeEr
 	s.rooms[p.Room] = append(slices.Clip(others), p) // Clip: append must copy, not change others
 	s.count++
 	s.wg.Add(1) // under mu, so that Close cannot begin waiting first
-	p.mu.Lock() // queued before s.mu is released: nothing can come before p's peers list
-	s.queue(p, text(s.peersMessage(p, peerIDs(others, nil))), nil)
-	p.mu.Unlock()
+	// p's peers list is queued first, before s.mu is released: nothing can come before it.
+	s.tell([]*Peer{p}, text(s.peersMessage(p, peerIDs(others, nil))))
+	if replaced == nil {
+		s.tell(others, text(`{"type":"announce","peerId":"`+p.ID+`"}`)) // no escaping
+	}
 	return others, replaced, nil
 }
 
-// leave removes p from its room, unless a peer that resumed its id took its place, and
-// returns the peers left there to tell.
-func (s *Server) leave(p *Peer) []*Peer {
+// leave removes p from its room and tells the others, unless a peer that resumed its id took
+// its place.
+func (s *Server) leave(p *Peer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	i := slices.Index(s.rooms[p.Room], p)
 	if i < 0 { // replaced: for the room, p's id never left
-		return nil
+		return
 	}
 	others := slices.Delete(slices.Clone(s.rooms[p.Room]), i, i+1)
 	s.rooms[p.Room] = others
@@ -604,7 +612,19 @@ func (s *Server) leave(p *Peer) []*Peer {
 		delete(s.rooms, p.Room)
 	}
 	s.count--
-	return others
+	s.tell(others, text(`{"type":"remove","peerId":"`+p.ID+`"}`))
+}
+
+// tell queues f for each of peers, under s.mu: what a room is told of who joins and leaves is
+// then in the order they did, even for an id that leaves and resumes at once. Unlike send it
+// drops no one (these frames are small): a peer with too much waiting is dropped by the next
+// relayed message, or ping, sent to it.
+func (s *Server) tell(peers []*Peer, f net.Buffers) {
+	for _, o := range peers {
+		o.mu.Lock()
+		s.queue(o, f, nil)
+		o.mu.Unlock()
+	}
 }
 
 // room returns the peers of a room, in a slice that is never changed.
@@ -619,15 +639,6 @@ func (s *Server) peers() []*Peer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Concat(slices.Collect(maps.Values(s.rooms))...)
-}
-
-// sendAll sends f to peers but from, the peer that sent it, if it is relayed.
-func (s *Server) sendAll(from *Peer, peers []*Peer, f net.Buffers) {
-	for _, p := range peers {
-		if p != from {
-			s.send(p, f, from)
-		}
-	}
 }
 
 // send queues frame f for p. It never waits on I/O: a peer with too much waiting is dropped,

@@ -3087,6 +3087,49 @@ func TestResumeReplacesTheOldConnection(t *testing.T) {
 	}
 }
 
+// TestReplacedPeerRelaysNothing: an offer that a replaced connection was
+// handling when its id resumed elsewhere is not relayed: not to the room after
+// the resumed peer has left it (nothing after remove), nor to the resumed peer.
+func TestReplacedPeerRelaysNothing(t *testing.T) {
+	handling, release := make(chan struct{}), make(chan struct{})
+	_, base := setupTest(t, Options{}, Events{Message: func(p *Peer, m []byte) {
+		if string(m) == `{"type":"offer","signal":"late"}` {
+			close(handling)
+			<-release
+		}
+	}})
+	a := dial(t, base, "/r")
+	old := dial(t, base, "/r")
+	a.expect("announce")
+	old.send(`{"type":"offer","signal":"late"}`)
+	<-handling // old's read loop has read the offer, and has yet to relay it
+	resumed := dial(t, base, "/r?resume="+url.QueryEscape(old.resume))
+	resumed.conn.Close()
+	if m := a.expect("remove"); m.PeerID != old.id {
+		t.Fatalf("remove of %s; want %s", m.PeerID, old.id)
+	}
+	close(release)
+	a.quiet()
+}
+
+// TestRemoveComesBeforeTheResumedAnnounce: the room is told that a peer left
+// as it leaves, so that when its id comes back at once with a token, the room
+// hears "remove" before "announce", never the other way round.
+func TestRemoveComesBeforeTheResumedAnnounce(t *testing.T) {
+	srv, base := setupTest(t, Options{}, Events{})
+	a := dial(t, base, "/r")
+	old := dial(t, base, "/r")
+	a.expect("announce")
+	i := slices.IndexFunc(srv.room("/r"), func(p *Peer) bool { return p.ID == old.id })
+	srv.leave(srv.room("/r")[i]) // as old's read loop does when its connection ends
+	dial(t, base, "/r?resume="+url.QueryEscape(old.resume))
+	for _, want := range []string{"remove", "announce"} {
+		if m := a.expect(want); m.PeerID != old.id {
+			t.Errorf("%s of %s; want %s", want, m.PeerID, old.id)
+		}
+	}
+}
+
 // TestResumeRefusesOtherTokens: a token that was changed, comes from another
 // room, has expired, or was signed with another secret gets a new id, as no
 // token does; so does a validly signed one whose id is not one the server
