@@ -840,6 +840,10 @@ func (s *Server) Run(ready func(port string)) error {
 		return err
 	}
 	hs := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeader}
+	// net/http applies MaxHeaderBytes in full only to a connection's first request (it reads
+	// ahead up to 4 KiB while waiting for the next one), and a proxy reuses connections that
+	// Peero answered with an error: 17.5 KB heads got through. Peero has nothing to keep alive.
+	hs.SetKeepAlivesEnabled(false)
 	context.AfterFunc(s.stop, func() { hs.Close() }) // it leaves hijacked connections to Close
 	if ready != nil {
 		ready(fmt.Sprint(ln.Addr().(*net.TCPAddr).Port))

@@ -1498,6 +1498,30 @@ func TestHandshakeLimits(t *testing.T) {
 			}
 		})
 	}
+	// A proxy sends handshakes over connections it used before: net/http read ahead into
+	// the second request while it waited for it, and let 17.5 KB of headers through.
+	t.Run("17 KiB of headers after a refused request", func(t *testing.T) {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(base, "ws://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(readTimeout))
+		in := bufio.NewReader(conn)
+		fmt.Fprint(conn, "GET /r HTTP/1.1\r\nHost: x\r\n\r\n") // refused: no upgrade
+		resp, err := http.ReadResponse(in, nil)
+		if err != nil || resp.StatusCode != 426 {
+			t.Fatalf("a request without an upgrade: %v, %v; want 426", resp, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		fmt.Fprint(conn, "GET /r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"+
+			"X-Big: "+strings.Repeat("x", 17<<10)+"\r\n\r\n")
+		if resp, err := http.ReadResponse(in, nil); err == nil && resp.StatusCode != 431 {
+			t.Errorf("status %d on the same connection; want 431, or the connection closed",
+				resp.StatusCode)
+		}
+	})
 	t.Run("HTTP/1.0", func(t *testing.T) {
 		conn, err := net.Dial("tcp", strings.TrimPrefix(base, "ws://"))
 		if err != nil {
