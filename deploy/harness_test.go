@@ -482,3 +482,27 @@ func instanceOf(instances []*instance, room string) *instance {
 }
 
 func roomName(i int) string { return fmt.Sprintf("/room-%02d", i) }
+
+// joinPairs joins two clients to each of rooms rooms through proxy, each pair
+// told of each other, and waits until instances have logged every join.
+func joinPairs(t *testing.T, proxy string, instances []*instance, rooms int) [][2]*client {
+	t.Helper()
+	pairs := make([][2]*client, rooms)
+	for i := range pairs {
+		pairs[i] = [2]*client{mustDial(t, proxy, roomName(i)), mustDial(t, proxy, roomName(i))}
+		pairs[i][0].expect("announce", pairs[i][1].id)
+	}
+	waitLogged(t, instances, 2*rooms)
+	return pairs
+}
+
+// busiest returns the instance serving the most rooms.
+func busiest(instances []*instance) *instance {
+	victim := instances[0]
+	for _, in := range instances[1:] {
+		if len(in.rooms()) > len(victim.rooms()) {
+			victim = in
+		}
+	}
+	return victim
+}

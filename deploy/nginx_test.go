@@ -114,19 +114,8 @@ func TestRoomsSpread(t *testing.T) {
 func TestInstanceKilled(t *testing.T) {
 	proxy, instances := cluster(t, 3, shortTimeouts)
 	const rooms = 24
-	pairs := make([][2]*client, rooms)
-	for i := range pairs {
-		pairs[i] = [2]*client{mustDial(t, proxy, roomName(i)), mustDial(t, proxy, roomName(i))}
-		pairs[i][0].expect("announce", pairs[i][1].id)
-	}
-	waitLogged(t, instances, 2*rooms)
-
-	victim := instances[0]
-	for _, in := range instances[1:] {
-		if len(in.rooms()) > len(victim.rooms()) {
-			victim = in
-		}
-	}
+	pairs := joinPairs(t, proxy, instances, rooms)
+	victim := busiest(instances)
 	var hit, spared []int
 	for i := range pairs {
 		if instanceOf(instances, roomName(i)) == victim {

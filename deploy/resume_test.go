@@ -22,19 +22,8 @@ func testInstanceKilledResume(t *testing.T, secret string, keep bool) {
 	t.Setenv("PEERO_SECRET", secret) // the instances inherit the environment
 	proxy, instances := cluster(t, 3, shortTimeouts)
 	const rooms = 12
-	pairs := make([][2]*client, rooms)
-	for i := range pairs {
-		pairs[i] = [2]*client{mustDial(t, proxy, roomName(i)), mustDial(t, proxy, roomName(i))}
-		pairs[i][0].expect("announce", pairs[i][1].id)
-	}
-	waitLogged(t, instances, 2*rooms)
-
-	victim := instances[0]
-	for _, in := range instances[1:] {
-		if len(in.rooms()) > len(victim.rooms()) {
-			victim = in
-		}
-	}
+	pairs := joinPairs(t, proxy, instances, rooms)
+	victim := busiest(instances)
 	var hit []int
 	for i := range pairs {
 		if instanceOf(instances, roomName(i)) == victim {
